@@ -1,0 +1,1 @@
+"""Library-wide pieces that import nothing else of lavislite."""

@@ -1,0 +1,315 @@
+"""Run configs: three layers merged, then validated before anything heavy is built.
+
+Precedence (later wins): the model's default config
+(``PRETRAINED_MODEL_CONFIG_DICT[model_type]``) and each builder's default config
+(``DATASET_CONFIG_DICT[type]``) < the run YAML < ``--options a.b=c``.
+
+Each section is checked against the typed schema of the class it configures
+(the model's ``Config``, the builder's ``Config``, each processor's ``Config``,
+the runner's and task's ``Config`` for ``run``). Every problem is reported at
+once with its full key path, so a typo costs seconds, not a training job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import sys
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import lavislite.common.utils  # noqa: F401  (registers the ${lib:...} resolver)
+from lavislite.common.registry import RegistryError, close_matches, registry
+from lavislite.common.schema import ConfigError, validate
+from lavislite.common.utils import library_path
+
+TOP_LEVEL_KEYS = ("model", "datasets", "run")
+PROCESSOR_KEYS = ("vis_processor", "text_processor")
+
+
+def load_yaml(path: str) -> DictConfig:
+    """Loads a YAML file into a DictConfig; a missing or malformed file raises naming it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Config file not found: {path}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError carries the line and column
+        raise ConfigError([f"cannot parse YAML: {exc}"], path) from exc
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(["the top level must be a mapping"], path)
+    return cfg
+
+
+def parse_options(options: list[str] | None) -> DictConfig:
+    """Turns ``["a.b=c", ...]`` into a DictConfig; a malformed item raises naming it."""
+    options = list(options or [])
+    for item in options:
+        if "=" not in item:
+            raise ConfigError([f"--options item '{item}' must look like key.path=value"])
+    try:
+        return OmegaConf.from_dotlist(options)
+    except OmegaConfBaseException as exc:
+        raise ConfigError([f"cannot parse --options: {exc}"]) from exc
+
+
+def import_user_modules(modules: list[str]) -> None:
+    """Imports user modules (``run.imports`` / ``--import``) so their classes register.
+
+    Each entry is a module name (``my_pkg.builders``) or a path to a ``.py`` file.
+    """
+    for mod in modules:
+        if mod.endswith(".py") or os.path.sep in mod:
+            path = os.path.abspath(mod)
+            if not os.path.exists(path):
+                raise ConfigError([f"run.imports: file not found: {mod}"])
+            sys.path.insert(0, os.path.dirname(path))
+            mod = os.path.splitext(os.path.basename(path))[0]
+        elif os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        importlib.import_module(mod)
+
+
+def _to_dict(cfg: Any) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def _lookup(kind: str, name: Any, path: str, problems: list[str]) -> Any:
+    try:
+        return registry.get(kind, str(name))
+    except RegistryError as exc:
+        problems.append(f"{path}: {exc}")
+        return None
+
+
+def default_config_path(cls: type, table: dict[str, str], key: str) -> str:
+    """Resolves a ``PRETRAINED_MODEL_CONFIG_DICT`` / ``DATASET_CONFIG_DICT`` entry.
+
+    Relative paths are looked up in the library root first, then beside the module
+    that defines ``cls`` (so a user's builder can ship its YAML next to its code).
+    """
+    candidate = library_path(table[key])
+    if os.path.exists(candidate):
+        return candidate
+    module_file = getattr(sys.modules.get(cls.__module__), "__file__", None) or "."
+    return os.path.join(os.path.dirname(os.path.abspath(module_file)), table[key])
+
+
+def _default_file(cls: type, table: dict[str, str], key: str, path: str, what: str, problems: list[str]) -> str | None:
+    if key not in table:
+        hint = close_matches(key, list(table), n=1)
+        problems.append(
+            f"{path}: unknown {what} '{key}'"
+            + (f"; did you mean '{hint[0]}'?" if hint else "")
+            + f" Available: {', '.join(sorted(table))}."
+        )
+        return None
+    return default_config_path(cls, table, key)
+
+
+def model_section(user_model: DictConfig | dict[str, Any], problems: list[str]) -> DictConfig | None:
+    """Merges the model's default config under the user's ``model`` section (unvalidated)."""
+    user_model = OmegaConf.create(_to_dict(user_model))
+    if "arch" not in user_model:
+        problems.append("model.arch: required key is missing (a registered model name)")
+        return None
+    model_cls = _lookup("model", user_model.arch, "model.arch", problems)
+    if model_cls is None:
+        return None
+    model_type = user_model.get("model_type", None) or model_cls.Config.model_type
+    path = _default_file(model_cls, model_cls.PRETRAINED_MODEL_CONFIG_DICT, model_type, "model.model_type", "model_type", problems)
+    if path is None:
+        return None
+    default = load_yaml(path).get("model", {})
+    return OmegaConf.merge(default, {"model_type": model_type}, user_model)
+
+
+def dataset_section(name: str, user_ds: Any, problems: list[str]) -> DictConfig | None:
+    """Merges a builder's default config under the user's ``datasets.<name>`` section."""
+    builder_cls = _lookup("builder", name, f"datasets.{name}", problems)
+    if builder_cls is None:
+        return None
+    user_ds = OmegaConf.create(_to_dict(user_ds))
+    ds_type = str(user_ds.get("type", "default"))
+    path = _default_file(builder_cls, builder_cls.DATASET_CONFIG_DICT, ds_type, f"datasets.{name}.type", "dataset type", problems)
+    if path is None:
+        return None
+    default = load_yaml(path).get("datasets", {}).get(name, {})
+    return OmegaConf.merge(default, user_ds)
+
+
+def validate_processors(section: dict[str, Any], path: str, problems: list[str]) -> None:
+    """Validates ``{vis,text}_processor.{split}`` specs against each processor's schema, in place."""
+    for key in PROCESSOR_KEYS:
+        for split, spec in (section.get(key) or {}).items():
+            spec_path = f"{path}.{key}.{split}"
+            if not isinstance(spec, dict) or "name" not in spec:
+                problems.append(f"{spec_path}: expected a mapping with a 'name' (a registered processor)")
+                continue
+            proc_cls = _lookup("processor", spec["name"], f"{spec_path}.name", problems)
+            if proc_cls is None:
+                continue
+            body = {k: v for k, v in spec.items() if k != "name"}
+            try:
+                section[key][split] = {"name": spec["name"], **validate(proc_cls.Config, body, spec_path)}
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+
+
+def run_schema(task_cls: type, runner_cls: type) -> type:
+    """The ``run`` schema: the runner's fields plus the task's own fields."""
+    fields: dict[str, dataclasses.Field[Any]] = {}
+    for schema in (runner_cls.Config, task_cls.Config):
+        for f in dataclasses.fields(schema):
+            fields[f.name] = f
+    specs = [(f.name, f.type, f) for f in fields.values()]
+    ns = {**vars(sys.modules[runner_cls.Config.__module__]), **vars(sys.modules[task_cls.Config.__module__])}
+    cls = dataclasses.make_dataclass("RunConfig", specs)
+    cls.__module__ = runner_cls.Config.__module__
+    # make_dataclass annotations are strings under postponed evaluation; give
+    # get_type_hints the modules that define them.
+    cls.__annotations__ = {name: eval(tp, ns) if isinstance(tp, str) else tp for name, tp, _ in specs}  # noqa: S307
+    return cls
+
+
+class Config:
+    """A validated run config with ``model_cfg``, ``datasets_cfg`` and ``run_cfg`` sections.
+
+    Args:
+        cfg_path: the run YAML.
+        options: ``key.path=value`` overrides (``--options``).
+
+    Raises:
+        ConfigError: listing every problem with its key path (before any model is built).
+        FileNotFoundError: if ``cfg_path`` does not exist.
+    """
+
+    def __init__(self, cfg_path: str, options: list[str] | None = None) -> None:
+        self.cfg_path = cfg_path
+        user = OmegaConf.merge(load_yaml(cfg_path), parse_options(options))
+        self.config = build_config(user, source=cfg_path)
+
+    @property
+    def model_cfg(self) -> DictConfig:
+        return self.config.model
+
+    @property
+    def datasets_cfg(self) -> DictConfig:
+        return self.config.datasets
+
+    @property
+    def run_cfg(self) -> DictConfig:
+        return self.config.run
+
+    def to_yaml(self) -> str:
+        return OmegaConf.to_yaml(self.config)
+
+    def save(self, path: str) -> None:
+        """Writes the fully merged config, so the run can be repeated from its folder."""
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(self.to_yaml())
+
+
+def build_config(user: DictConfig, source: str = "") -> DictConfig:
+    """Merges the default layers under ``user`` and validates every section.
+
+    Raises:
+        ConfigError: with every problem found, each with its key path.
+    """
+    problems: list[str] = []
+    for key in user:
+        if key not in TOP_LEVEL_KEYS:
+            hint = close_matches(str(key), list(TOP_LEVEL_KEYS), n=1)
+            problems.append(
+                f"{key}: unknown top-level section" + (f"; did you mean '{hint[0]}'?" if hint else "")
+                + f" Sections: {', '.join(TOP_LEVEL_KEYS)}."
+            )
+    run_user = user.get("run", None) or OmegaConf.create({})
+    import_user_modules(list(run_user.get("imports", None) or []))
+
+    merged: dict[str, Any] = {"model": None, "datasets": {}, "run": None}
+    model_cfg = model_section(user.get("model", None) or {}, problems)
+    datasets_user = user.get("datasets", None) or {}
+    dataset_cfgs = {str(name): dataset_section(str(name), ds, problems) for name, ds in datasets_user.items()}
+
+    task_cls = runner_cls = None
+    if "task" not in run_user:
+        problems.append("run.task: required key is missing (a registered task name)")
+    else:
+        task_cls = _lookup("task", run_user.task, "run.task", problems)
+    runner_cls = _lookup("runner", run_user.get("runner", "runner_base"), "run.runner", problems)
+
+    # Interpolations (``${model.qformer.num_query_token}``, ``${lib:...}``) resolve
+    # against the merged whole, so build it before converting to containers.
+    whole = OmegaConf.create(
+        {
+            "model": model_cfg if model_cfg is not None else {},
+            "datasets": {k: v for k, v in dataset_cfgs.items() if v is not None},
+            "run": run_user,
+        }
+    )
+    try:
+        resolved = OmegaConf.to_container(whole, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(problems + [f"cannot resolve interpolation: {exc}"], source) from exc
+    assert isinstance(resolved, dict)
+
+    if model_cfg is not None:
+        model_cls = registry.get_model_class(str(model_cfg.arch))
+        try:
+            merged["model"] = validate(model_cls.Config, resolved["model"], "model")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        if merged["model"] is not None:
+            validate_processors(merged["model"].get("preprocess", {}) or {}, "model.preprocess", problems)
+    for name, ds in resolved["datasets"].items():
+        builder_cls = registry.get_builder_class(name)
+        try:
+            merged["datasets"][name] = validate(builder_cls.Config, ds, f"datasets.{name}")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        validate_processors(merged["datasets"][name], f"datasets.{name}", problems)
+    if task_cls is not None and runner_cls is not None:
+        try:
+            merged["run"] = validate(run_schema(task_cls, runner_cls), resolved["run"], "run")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return OmegaConf.create(merged)
+
+
+def load_model_config(arch: str, model_type: str, overrides: dict[str, Any] | None = None) -> DictConfig:
+    """Returns a model's validated default config (``model`` section only), with overrides."""
+    problems: list[str] = []
+    section = model_section({"arch": arch, "model_type": model_type, **(overrides or {})}, problems)
+    if section is None:
+        raise ConfigError(problems)
+    model_cls = registry.get_model_class(arch)
+    data = validate(model_cls.Config, OmegaConf.to_container(section, resolve=True), "model")
+    validate_processors(data.get("preprocess", {}) or {}, "model.preprocess", problems)
+    if problems:
+        raise ConfigError(problems)
+    return OmegaConf.create(data)
+
+
+def load_dataset_config(name: str, overrides: dict[str, Any] | None = None) -> DictConfig:
+    """Returns a builder's validated default config (``datasets.<name>``), with overrides."""
+    problems: list[str] = []
+    section = dataset_section(name, overrides or {}, problems)
+    if section is None:
+        raise ConfigError(problems)
+    builder_cls = registry.get_builder_class(name)
+    data = validate(builder_cls.Config, OmegaConf.to_container(section, resolve=True), f"datasets.{name}")
+    validate_processors(data, f"datasets.{name}", problems)
+    if problems:
+        raise ConfigError(problems)
+    return OmegaConf.create(data)

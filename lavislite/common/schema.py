@@ -1,0 +1,186 @@
+"""Typed config schemas: one dataclass per configurable class, checked at start-up.
+
+A class's options and their defaults live in one dataclass beside the class.
+``validate(schema, data, path)`` merges a user mapping over the dataclass
+defaults and checks it. All problems are collected and raised together as one
+``ConfigError`` whose lines name each key's full path (``model.freeze_vit``),
+and for an unknown key the closest valid one.
+
+Supported field types: ``bool``, ``int``, ``float`` (an int is accepted),
+``str``, ``Any``, ``Optional[X]``, ``X | None``, ``list[X]``, ``dict[str, X]``,
+``Literal[...]`` and nested dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Union
+
+from lavislite.common.registry import close_matches
+
+MISSING = dataclasses.MISSING
+
+
+class ConfigError(ValueError):
+    """A config failed validation; the message lists every problem with its key path."""
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = problems
+        head = f"Invalid config{f' ({source})' if source else ''}:"
+        super().__init__(head + "\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def required() -> Any:
+    """Marks a dataclass field as required (no default), keeping field order free."""
+    return dataclasses.field(default=MISSING, metadata={"required": True})
+
+
+def validate(schema: type, data: Any, path: str, source: str = "") -> dict[str, Any]:
+    """Merges ``data`` over ``schema``'s defaults and checks keys and types.
+
+    Args:
+        schema: a dataclass type describing the section.
+        data: the user mapping (plain dict / DictConfig converted to a container).
+        path: the dotted path of this section, used in messages (``"model"``).
+        source: where the data came from (a file name), used in the message head.
+
+    Returns:
+        A plain dict with every schema field filled (defaults for the ones not given).
+
+    Raises:
+        ConfigError: listing every unknown key (with the closest valid key), missing
+            required key and wrong type, each with its full path.
+    """
+    problems: list[str] = []
+    out = _check_dataclass(schema, data, path, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return out
+
+
+def defaults(schema: type) -> dict[str, Any]:
+    """Returns the schema's defaults as a plain dict (required fields omitted)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(schema):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def instantiate(schema: type, data: dict[str, Any]) -> Any:
+    """Builds a ``schema`` instance from a validated dict, nested dataclasses included."""
+    hints = typing.get_type_hints(schema)
+    kwargs = {}
+    for f in dataclasses.fields(schema):
+        value = data.get(f.name)
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = instantiate(tp, value)  # type: ignore[arg-type]
+        kwargs[f.name] = value
+    return schema(**kwargs)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check_dataclass(schema: type, data: Any, path: str, problems: list[str]) -> dict[str, Any]:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        problems.append(f"{path or '<root>'}: expected a mapping, got {type(data).__name__} ({data!r})")
+        return {}
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    out: dict[str, Any] = {}
+    for key in data:
+        if key not in fields:
+            hint = close_matches(str(key), list(fields), n=1)
+            msg = f"{_join(path, str(key))}: unknown key"
+            if hint:
+                msg += f"; did you mean '{_join(path, hint[0])}'?"
+            else:
+                msg += f"; valid keys here: {', '.join(fields)}"
+            problems.append(msg)
+    for name, f in fields.items():
+        key_path = _join(path, name)
+        if name in data:
+            out[name] = _check_value(hints[name], data[name], key_path, problems)
+        elif f.default is not MISSING:
+            out[name] = f.default
+        elif f.default_factory is not MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+            if dataclasses.is_dataclass(value):
+                out[name] = _check_dataclass(type(value), {}, key_path, problems)
+            else:
+                out[name] = value
+        else:
+            problems.append(f"{key_path}: required key is missing ({_type_name(hints[name])})")
+    return out
+
+
+def _check_value(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:
+            return _check_value(non_none[0], value, path, problems)
+        for option in non_none:
+            trial: list[str] = []
+            result = _check_value(option, value, path, trial)
+            if not trial:
+                return result
+        problems.append(f"{path}: expected {_type_name(tp)}, got {type(value).__name__} ({value!r})")
+        return value
+    if origin is Literal:
+        if value not in args:
+            problems.append(f"{path}: expected one of {', '.join(repr(a) for a in args)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _check_dataclass(tp, value, path, problems)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{path}: expected a list, got {type(value).__name__} ({value!r})")
+            return value
+        item_tp = args[0] if args else Any
+        return [_check_value(item_tp, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {type(value).__name__} ({value!r})")
+            return value
+        val_tp = args[1] if len(args) == 2 else Any
+        return {k: _check_value(val_tp, v, _join(path, str(k)), problems) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: expected a bool (true/false), got {type(value).__name__} ({value!r})")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{path}: expected an int, got {type(value).__name__} ({value!r})")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{path}: expected a float, got {type(value).__name__} ({value!r})")
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append(f"{path}: expected a string, got {type(value).__name__} ({value!r})")
+        return value
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")

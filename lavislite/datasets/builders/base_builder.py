@@ -1,0 +1,133 @@
+"""Dataset builders: a validated dataset config -> ``{split: Dataset}``.
+
+A builder names its default config file(s) in ``DATASET_CONFIG_DICT`` and the
+torch Dataset classes it builds. To add a dataset, subclass ``BaseDatasetBuilder``,
+register it with ``@registry.register_builder("name")`` and import the module
+(README: "Add your own dataset").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from iopath.common.file_io import g_pathmgr
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
+
+from lavislite.common.logger import logger
+from lavislite.common.registry import registry
+from lavislite.common.utils import resolve_data_path
+from lavislite.processors.blip_processors import build_processor
+
+
+@dataclass
+class AnnotationInfo:
+    # ``url`` is where the file comes from (for the record and the error
+    # message); ``storage`` is the local copy that is read.
+    url: str | list[str] = ""
+    storage: str | list[str] = ""
+
+
+@dataclass
+class ImagesInfo:
+    storage: str = ""
+
+
+@dataclass
+class BuildInfo:
+    annotations: dict[str, AnnotationInfo] = field(default_factory=dict)
+    images: ImagesInfo = field(default_factory=ImagesInfo)
+
+
+@dataclass
+class BuilderConfig:
+    type: str = "default"
+    data_type: str = "images"
+    build_info: BuildInfo = field(default_factory=BuildInfo)
+    vis_processor: dict[str, dict[str, Any]] = field(default_factory=dict)
+    text_processor: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Relative weight when several training sets are mixed (LAVIS ``sample_ratio``).
+    sample_ratio: float = 1.0
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+class BaseDatasetBuilder:
+    """Builds the splits named in ``build_info.annotations``.
+
+    Class attributes a subclass sets:
+        Config: the schema of its config section (extend ``BuilderConfig``).
+        DATASET_CONFIG_DICT: ``{type: yaml path}``; relative paths are looked up in
+            the library root, then beside the module that defines the builder.
+        train_dataset_cls / eval_dataset_cls: the Dataset classes for ``train`` and other splits.
+    """
+
+    Config: type = BuilderConfig
+    DATASET_CONFIG_DICT: dict[str, str] = {}
+    train_dataset_cls: type | None = None
+    eval_dataset_cls: type | None = None
+
+    def __init__(self, cfg: DictConfig | dict[str, Any] | None = None, context: dict[str, Any] | None = None) -> None:
+        from lavislite.common.config import load_dataset_config
+
+        name = self.registered_name()
+        if cfg is None:
+            cfg = load_dataset_config(name)
+        elif not isinstance(cfg, DictConfig):
+            cfg = OmegaConf.create(cfg)
+        self.config = cfg
+        self.name = name or type(self).__name__
+        self.context = dict(context or {})
+        self.vis_processors: dict[str, Any] = {}
+        self.text_processors: dict[str, Any] = {}
+
+    @classmethod
+    def registered_name(cls) -> str:
+        for name in registry.list_builders():
+            if registry.get_builder_class(name) is cls:
+                return name
+        return ""
+
+    def build_processors(self) -> None:
+        """Builds ``vis_processor`` / ``text_processor`` for ``train`` and ``eval``."""
+        for key, target in (("vis_processor", self.vis_processors), ("text_processor", self.text_processors)):
+            for split, spec in (self.config.get(key) or {}).items():
+                target[str(split)] = build_processor(spec, context=self.context)
+
+    def build_datasets(self) -> dict[str, Dataset]:
+        """Builds one Dataset per split of ``build_info.annotations``."""
+        self.build_processors()
+        datasets: dict[str, Dataset] = {}
+        info = self.config.build_info
+        vis_root = resolve_data_path(info.images.storage) if info.images.storage else ""
+        if vis_root and not g_pathmgr.exists(vis_root):
+            raise FileNotFoundError(f"datasets.{self.name}.build_info.images.storage: folder not found: {vis_root}")
+        for split, ann in info.annotations.items():
+            is_train = split == "train"
+            paths = [resolve_data_path(p) for p in _as_list(ann.storage)]
+            for p, url in zip(paths, _as_list(ann.url) or [""] * len(paths)):
+                if not g_pathmgr.exists(p):
+                    where = f" (download it from {url})" if url else ""
+                    raise FileNotFoundError(f"datasets.{self.name}.build_info.annotations.{split}: {p} not found{where}")
+            key = "train" if is_train else "eval"
+            dataset_cls = self.train_dataset_cls if is_train else (self.eval_dataset_cls or self.train_dataset_cls)
+            if dataset_cls is None:
+                raise TypeError(f"builder {type(self).__name__} sets no dataset class for split '{split}'")
+            datasets[split] = self.make_dataset(
+                dataset_cls,
+                vis_processor=self.vis_processors.get(key),
+                text_processor=self.text_processors.get(key),
+                vis_root=vis_root,
+                ann_paths=paths,
+            )
+            logger.info("dataset %s/%s: %d samples", self.name, split, len(datasets[split]))  # type: ignore[arg-type]
+        return datasets
+
+    def make_dataset(self, dataset_cls: type, **kwargs: Any) -> Dataset:
+        """Instantiates one split; override to pass format-specific arguments."""
+        return dataset_cls(**kwargs)

@@ -1,0 +1,181 @@
+"""Image-instruction datasets (MiniGPT4Qwen and LLaVA formats) and their collater.
+
+Annotations are parsed into one neutral form at start-up (``Sample``: id, image
+files, chat turns), so a malformed record fails before training with its file,
+index and id. ``__getitem__`` does all per-sample work (image loading and
+transforms, ChatML rendering, tokenization, labels) so it runs in the
+data-loader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from iopath.common.file_io import g_pathmgr
+from PIL import Image
+from torch.utils.data import Dataset
+
+from lavislite.processors.chat_processor import IGNORE_INDEX, SampleError
+
+
+@dataclass
+class Sample:
+    """One training conversation: its id, image files (in placeholder order) and turns."""
+
+    id: str
+    images: list[str]
+    turns: list[dict[str, str]]
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def parse_minigpt4(record: dict[str, Any], where: str) -> Sample:
+    """MiniGPT4Qwen: ``{"image", "instruction", "output"}``; lists of equal length for multi-turn."""
+    for key in ("image", "instruction", "output"):
+        if key not in record:
+            raise SampleError(f"{where}: missing key '{key}' (MiniGPT4Qwen format needs image, instruction, output)")
+    instructions, outputs = _as_list(record["instruction"]), _as_list(record["output"])
+    if len(instructions) != len(outputs) or not instructions:
+        raise SampleError(f"{where}: 'instruction' has {len(instructions)} turn(s) but 'output' has {len(outputs)}")
+    turns: list[dict[str, str]] = []
+    for q, a in zip(instructions, outputs):
+        turns += [{"role": "user", "content": str(q)}, {"role": "assistant", "content": str(a)}]
+    return Sample(str(record.get("id", where)), [str(x) for x in _as_list(record["image"])], turns)
+
+
+LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def parse_llava(record: dict[str, Any], where: str) -> Sample:
+    """LLaVA: ``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}]}``."""
+    convs = record.get("conversations")
+    if not isinstance(convs, list) or not convs:
+        raise SampleError(f"{where}: missing or empty 'conversations' (LLaVA format)")
+    turns = []
+    for k, turn in enumerate(convs):
+        role = LLAVA_ROLES.get(str(turn.get("from", "")).lower())
+        if role is None or "value" not in turn:
+            raise SampleError(f"{where}: conversations[{k}] needs 'from' (human/gpt) and 'value', got {turn}")
+        turns.append({"role": role, "content": str(turn["value"])})
+    return Sample(str(record.get("id", where)), [str(x) for x in _as_list(record.get("image"))], turns)
+
+
+def load_annotations(paths: list[str], parse: Callable[[dict[str, Any], str], Sample]) -> list[Sample]:
+    """Reads JSON lists (or JSON-lines files) and parses every record; errors name file and index."""
+    samples: list[Sample] = []
+    for path in paths:
+        if not g_pathmgr.exists(path):
+            raise FileNotFoundError(f"annotation file not found: {path}")
+        with g_pathmgr.open(path, "r", encoding="utf-8") as fh:
+            text = fh.read()
+        try:
+            records = json.loads(text) if not path.endswith(".jsonl") else [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise SampleError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+        if not isinstance(records, list):
+            raise SampleError(f"{path}: expected a JSON list of samples, got {type(records).__name__}")
+        for i, record in enumerate(records):
+            where = f"{path}[{i}]" + (f" (id={record.get('id')})" if isinstance(record, dict) and "id" in record else "")
+            if not isinstance(record, dict):
+                raise SampleError(f"{where}: expected an object, got {type(record).__name__}")
+            samples.append(parse(record, where))
+    seen: set[str] = set()
+    for s in samples:
+        if s.id in seen:
+            raise SampleError(f"duplicate sample id '{s.id}' in {', '.join(paths)}")
+        seen.add(s.id)
+    return samples
+
+
+class InstructionDataset(Dataset):
+    """Conversations with zero or more images each.
+
+    Args:
+        vis_processor: PIL image -> (3, H, W) tensor.
+        text_processor: a chat processor (``qwen_chat``): turns -> ids and labels.
+        vis_root: folder the image paths are relative to.
+        ann_paths: annotation files.
+        parse: record parser for the annotation format.
+    """
+
+    def __init__(
+        self,
+        vis_processor: Callable[[Image.Image], torch.Tensor],
+        text_processor: Any,
+        vis_root: str,
+        ann_paths: list[str],
+        parse: Callable[[dict[str, Any], str], Sample],
+    ) -> None:
+        self.vis_processor = vis_processor
+        self.text_processor = text_processor
+        self.vis_root = vis_root
+        self.samples = load_annotations(ann_paths, parse)
+        # Check placeholders against image counts now, not in epoch 3.
+        for s in self.samples:
+            found = sum(text_processor.count_placeholders(t["content"]) for t in s.turns if t["role"] == "user")
+            if found != len(s.images):
+                raise SampleError(f"sample {s.id}: {found} image placeholder(s) in the text but {len(s.images)} image(s)")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_image(self, sample: Sample, path: str) -> torch.Tensor:
+        full = path if os.path.isabs(path) else os.path.join(self.vis_root, path)
+        try:
+            with g_pathmgr.open(full, "rb") as fh:
+                image = Image.open(fh).convert("RGB")
+        except Exception as exc:
+            raise SampleError(f"sample {sample.id}: cannot read image {full}: {exc}") from exc
+        return self.vis_processor(image)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        text = self.text_processor(sample.turns, num_images=len(sample.images), sample_id=sample.id)
+        # Truncation may drop trailing images; only load those that kept their tokens.
+        images = [self.load_image(sample, p) for p in sample.images[: text["num_images"]]]
+        return {
+            "id": sample.id,
+            "image": torch.stack(images) if images else None,
+            "input_ids": torch.tensor(text["input_ids"], dtype=torch.long),
+            "labels": torch.tensor(text["labels"], dtype=torch.long),
+        }
+
+    def collater(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_chat(batch, pad_token_id=int(self.text_processor.tokenizer.pad_token_id))
+
+
+def collate_chat(batch: list[dict[str, Any]], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
+    """Pads to the longest sample in the batch and stacks every image in sample order.
+
+    Returns:
+        ``input_ids``, ``attention_mask``, ``labels`` (B, L_max); ``image``
+        (total images, 3, H, W) or None; ``num_images`` per sample; ``ids``.
+    """
+    max_len = max(len(b["input_ids"]) for b in batch)
+    input_ids = torch.full((len(batch), max_len), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), max_len), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(batch), max_len), dtype=torch.long)
+    for i, b in enumerate(batch):
+        n = len(b["input_ids"])
+        sl = slice(0, n) if padding_side == "right" else slice(max_len - n, max_len)
+        input_ids[i, sl] = b["input_ids"]
+        attention[i, sl] = 1
+        if "labels" in b:
+            labels[i, sl] = b["labels"]
+    images = [b["image"] for b in batch if b.get("image") is not None]
+    return {
+        "ids": [b["id"] for b in batch],
+        "image": torch.cat(images) if images else None,
+        "num_images": [0 if b.get("image") is None else len(b["image"]) for b in batch],
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "labels": labels,
+    }

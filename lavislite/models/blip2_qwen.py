@@ -1,0 +1,297 @@
+"""blip2_qwen: frozen ViT -> ln_vision -> Q-Former -> linear projection -> Qwen.
+
+Parts come from transformers: ``Blip2VisionModel`` (EVA-ViT-g layout; its
+``post_layernorm`` is LAVIS's ``ln_vision``), ``Blip2QFormerModel`` and
+``AutoModelForCausalLM``. The N projected query outputs of each image replace
+the N ``<|image_pad|>`` tokens the chat processor put in the sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lavislite.common.logger import logger
+from lavislite.common.registry import registry
+from lavislite.models.base_model import BaseModel
+from lavislite.processors.chat_processor import IGNORE_INDEX
+from lavislite.processors.tokenizers import load_tokenizer
+
+
+@dataclass
+class VisionConfig:
+    """EVA-ViT-g by default (LAVIS ``create_eva_vit_g``)."""
+
+    image_size: int = 224
+    patch_size: int = 14
+    hidden_size: int = 1408
+    num_layers: int = 39
+    num_heads: int = 16
+    intermediate_size: int = 6144
+    layer_norm_eps: float = 1e-6
+    # LAVIS's ln_vision is a torch LayerNorm (eps 1e-5), not the ViT's 1e-6.
+    ln_vision_eps: float = 1e-5
+
+
+@dataclass
+class QFormerConfig:
+    """BERT-base Q-Former with cross-attention every 2nd layer (LAVIS BLIP-2)."""
+
+    num_query_token: int = 32
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    cross_attention_freq: int = 2
+    layer_norm_eps: float = 1e-12
+    vocab_size: int = 30523
+    max_position_embeddings: int = 512
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class Blip2QwenConfig:
+    arch: str = "blip2_qwen"
+    model_type: str = "demo"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    # A local folder or hub id; with llm_init=random also a transformers model
+    # type ("qwen2", "qwen3") built from llm_config alone (no weights read).
+    llm_model: str = "Qwen/Qwen2.5-7B-Instruct"
+    llm_init: Literal["pretrained", "random"] = "pretrained"
+    llm_config: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = ""  # "" -> llm_model; "builtin:qwen2.5" builds Qwen2.5's offline
+    freeze_vit: bool = True
+    freeze_ln_vision: bool = True
+    freeze_qformer: bool = True
+    freeze_queries: bool = True
+    freeze_proj: bool = False
+    freeze_llm: bool = True
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    image_token: str = "<|image_pad|>"
+    # Processors for load_model_and_preprocess: {vis_processor|text_processor: {train|eval: spec}}.
+    preprocess: dict[str, Any] = field(default_factory=dict)
+
+
+def build_llm_config(cfg: Blip2QwenConfig) -> Any:
+    """The LLM's transformers config: from a model type or a checkpoint, with overrides."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if cfg.llm_model in CONFIG_MAPPING:
+        return AutoConfig.for_model(cfg.llm_model, **cfg.llm_config)
+    return AutoConfig.from_pretrained(cfg.llm_model, **cfg.llm_config)
+
+
+@registry.register_model("blip2_qwen")
+class Blip2Qwen(BaseModel):
+    """BLIP-2 image encoder + Qwen causal LM, instruction-tuned on ChatML.
+
+    ``forward(samples)`` takes a collated batch (``image``, ``input_ids``,
+    ``attention_mask``, ``labels``, ``ids``) and returns ``{"loss": ...}``.
+    """
+
+    Config = Blip2QwenConfig
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "demo": "configs/models/blip2_qwen/demo.yaml",
+    }
+
+    def __init__(self, cfg: Blip2QwenConfig) -> None:
+        super().__init__()
+        from transformers import AutoModelForCausalLM, Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
+
+        self.cfg = cfg
+        v, q = cfg.vision, cfg.qformer
+        self.vision = Blip2VisionModel(
+            Blip2VisionConfig(
+                hidden_size=v.hidden_size,
+                intermediate_size=v.intermediate_size,
+                num_hidden_layers=v.num_layers,
+                num_attention_heads=v.num_heads,
+                image_size=v.image_size,
+                patch_size=v.patch_size,
+                layer_norm_eps=v.layer_norm_eps,
+            )
+        )
+        self.vision.post_layernorm.eps = v.ln_vision_eps
+        self.query_tokens = nn.Parameter(torch.zeros(1, q.num_query_token, q.hidden_size))
+        nn.init.normal_(self.query_tokens, std=0.02)
+        self.qformer = Blip2QFormerModel(
+            Blip2QFormerConfig(
+                vocab_size=q.vocab_size,
+                hidden_size=q.hidden_size,
+                num_hidden_layers=q.num_layers,
+                num_attention_heads=q.num_heads,
+                intermediate_size=q.intermediate_size,
+                cross_attention_frequency=q.cross_attention_freq,
+                layer_norm_eps=q.layer_norm_eps,
+                max_position_embeddings=q.max_position_embeddings,
+                encoder_hidden_size=v.hidden_size,
+            )
+        )
+        self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.llm_model)
+        llm_config = build_llm_config(cfg)
+        if cfg.llm_init == "random":
+            self.llm = AutoModelForCausalLM.from_config(llm_config)
+        else:
+            self.llm = AutoModelForCausalLM.from_pretrained(cfg.llm_model, config=llm_config)
+        if len(self.tokenizer) > self.llm.get_input_embeddings().num_embeddings:
+            self.llm.resize_token_embeddings(len(self.tokenizer))
+        self.proj = nn.Linear(q.hidden_size, self.llm.config.hidden_size)
+        self.image_token_id = int(self.tokenizer.convert_tokens_to_ids(cfg.image_token))
+        self.apply_freezing()
+        if cfg.lora.enabled:
+            self.apply_lora()
+        if cfg.gradient_checkpointing:
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # -- set-up ----------------------------------------------------------------
+    def parts(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by part name: vit, ln_vision, qformer, queries, proj, llm."""
+        ln = set(id(p) for p in self.vision.post_layernorm.parameters())
+        return {
+            "vit": [p for p in self.vision.parameters() if id(p) not in ln],
+            "ln_vision": list(self.vision.post_layernorm.parameters()),
+            "qformer": list(self.qformer.parameters()),
+            "queries": [self.query_tokens],
+            "proj": list(self.proj.parameters()),
+            "llm": list(self.llm.parameters()),
+        }
+
+    def apply_freezing(self) -> None:
+        c = self.cfg
+        switches = {
+            "vit": c.freeze_vit,
+            "ln_vision": c.freeze_ln_vision,
+            "qformer": c.freeze_qformer,
+            "queries": c.freeze_queries,
+            "proj": c.freeze_proj,
+            "llm": c.freeze_llm,
+        }
+        for part, params in self.parts().items():
+            for p in params:
+                p.requires_grad_(not switches[part])
+
+    def apply_lora(self) -> None:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        lc = self.cfg.lora
+        peft_cfg = PeftLoraConfig(
+            r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules), task_type="CAUSAL_LM"
+        )
+        self.llm = get_peft_model(self.llm, peft_cfg)
+
+    @classmethod
+    def processor_context(cls, cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+        data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        c = cls.config_from_dict(data)
+        return {"tokenizer": c.tokenizer or c.llm_model, "num_image_tokens": c.qformer.num_query_token}
+
+    # -- forward ------------------------------------------------------------------
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(n, 3, H, W) -> (n, num_query_token, llm hidden)."""
+        image = image.to(device=self.query_tokens.device, dtype=self.vision.embeddings.patch_embedding.weight.dtype)
+        vit_trainable = any(p.requires_grad for p in self.vision.parameters())
+        # A frozen encoder needs no activations kept for backward.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and vit_trainable):
+            image_embeds = self.vision(pixel_values=image).last_hidden_state
+        query = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        out = self.qformer(query_embeds=query, encoder_hidden_states=image_embeds, encoder_attention_mask=atts)
+        return self.proj(out.last_hidden_state)
+
+    def embed(self, samples: dict[str, Any]) -> torch.Tensor:
+        """Token embeddings with each image's projected queries in its image-token slots."""
+        input_ids = samples["input_ids"].to(self.query_tokens.device)
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        slots = input_ids == self.image_token_id
+        image = samples.get("image")
+        n_images = 0 if image is None else int(image.shape[0])
+        expected = n_images * self.cfg.qformer.num_query_token
+        if int(slots.sum()) != expected:
+            raise ValueError(
+                f"batch {samples.get('ids')}: {int(slots.sum())} image tokens in input_ids but {n_images} image(s) "
+                f"x {self.cfg.qformer.num_query_token} queries = {expected}"
+            )
+        if n_images:
+            image_embeds = self.encode_image(image).to(embeds.dtype)
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), image_embeds.reshape(-1, embeds.shape[-1]))
+        return embeds
+
+    def forward(self, samples: dict[str, Any]) -> dict[str, torch.Tensor]:
+        device = self.query_tokens.device
+        labels = samples["labels"].to(device)
+        attention_mask = samples["attention_mask"].to(device)
+        inputs_embeds = self.embed(samples)
+        hidden = self.llm.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        loss, n_tokens = self.supervised_loss(hidden, labels, samples.get("ids"))
+        return {"loss": loss, "n_tokens": n_tokens}
+
+    def supervised_loss(self, hidden: torch.Tensor, labels: torch.Tensor, ids: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over supervised positions only.
+
+        The LM head runs on the hidden states of supervised positions alone, so no
+        (batch, length, vocab) logits tensor is ever made.
+
+        Raises:
+            ValueError: if the batch has no supervised token (naming its sample ids).
+        """
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        n_tokens = keep.sum()
+        if int(n_tokens) == 0:
+            raise ValueError(f"batch {ids}: no supervised token (every label is {IGNORE_INDEX}); check the templates/truncation")
+        h = hidden[:, :-1][keep]
+        logits = self.llm.get_output_embeddings()(h).float()
+        loss = F.cross_entropy(logits, targets[keep])
+        return loss, n_tokens
+
+    @torch.no_grad()
+    def generate(self, samples: dict[str, Any], max_new_tokens: int = 32, **gen_kwargs: Any) -> list[str]:
+        """Generates a reply per sample (batched; pass left-padded prompts).
+
+        Uses the LLM's own ``generate`` (KV cache, beam search, sampling) on the
+        same embedding path as training.
+        """
+        embeds = self.embed(samples)
+        attention_mask = samples["attention_mask"].to(embeds.device)
+        out = self.llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+            **gen_kwargs,
+        )
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trainable weights (what a release file holds)."""
+        return {n: p.detach().cpu() for n, p in self.named_parameters() if p.requires_grad}
+
+    def log_parameter_table(self) -> str:
+        """A table of parameters per part: total, trainable, dtype (logged at start-up)."""
+        rows = [f"{'part':<10}{'total':>14}{'trainable':>14}  dtype"]
+        for part, params in self.parts().items():
+            total = sum(p.numel() for p in params)
+            train = sum(p.numel() for p in params if p.requires_grad)
+            dtypes = ",".join(sorted({str(p.dtype).replace("torch.", "") for p in params}))
+            rows.append(f"{part:<10}{total:>14,}{train:>14,}  {dtypes}")
+        table = "\n".join(rows)
+        logger.info("parameters:\n%s", table)
+        return table

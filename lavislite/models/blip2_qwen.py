@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lavislite.common.logger import logger
 from lavislite.common.registry import registry
 from lavislite.models.base_model import BaseModel
-from lavislite.processors.chat_processor import IGNORE_INDEX
+from lavislite.models.checkpoint import LoadReport, load_checkpoint, resolve_weights_path
+from lavislite.models.losses import check_labels, supervised_cross_entropy
 from lavislite.processors.tokenizers import load_tokenizer
 
 
@@ -82,6 +82,13 @@ class Blip2QwenConfig:
     freeze_llm: bool = True
     lora: LoraConfig = field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
+    # Weights (LAVIS / Hugging Face / lavislite files; see models/checkpoint.py).
+    # The LLM's own weights come from llm_model.
+    load_pretrained: bool = True
+    vit_pretrained: str = ""  # LAVIS eva_vit_g.pth
+    pretrained: str = ""  # BLIP-2 stage-1: LAVIS blip2_pretrained*.pth or an HF Blip2 folder
+    load_finetuned: bool = False
+    finetuned: str = ""  # a lavislite checkpoint_release.pth (or MiniGPT4Qwen checkpoint)
     image_token: str = "<|image_pad|>"
     # Processors for load_model_and_preprocess: {vis_processor|text_processor: {train|eval: spec}}.
     preprocess: dict[str, Any] = field(default_factory=dict)
@@ -108,6 +115,9 @@ class Blip2Qwen(BaseModel):
     Config = Blip2QwenConfig
     PRETRAINED_MODEL_CONFIG_DICT = {
         "demo": "configs/models/blip2_qwen/demo.yaml",
+        "qwen2.5-7b-instruct": "configs/models/blip2_qwen/qwen2.5-7b-instruct.yaml",
+        "qwen2.5-1.5b-instruct": "configs/models/blip2_qwen/qwen2.5-1.5b-instruct.yaml",
+        "qwen3-8b": "configs/models/blip2_qwen/qwen3-8b.yaml",
     }
 
     def __init__(self, cfg: Blip2QwenConfig) -> None:
@@ -153,11 +163,12 @@ class Blip2Qwen(BaseModel):
             self.llm.resize_token_embeddings(len(self.tokenizer))
         self.proj = nn.Linear(q.hidden_size, self.llm.config.hidden_size)
         self.image_token_id = int(self.tokenizer.convert_tokens_to_ids(cfg.image_token))
+        self.load_reports = self.load_weights()
         self.apply_freezing()
         if cfg.lora.enabled:
             self.apply_lora()
         if cfg.gradient_checkpointing:
-            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.enable_gradient_checkpointing()
 
     # -- set-up ----------------------------------------------------------------
     def parts(self) -> dict[str, list[nn.Parameter]]:
@@ -171,6 +182,16 @@ class Blip2Qwen(BaseModel):
             "proj": list(self.proj.parameters()),
             "llm": list(self.llm.parameters()),
         }
+
+    def load_weights(self) -> list[LoadReport]:
+        """Loads vit_pretrained, then pretrained, then (if asked) finetuned; returns the reports."""
+        c = self.cfg
+        paths = [c.vit_pretrained, c.pretrained] if c.load_pretrained else []
+        if c.load_finetuned:
+            if not c.finetuned:
+                raise ValueError("model.load_finetuned is true but model.finetuned is empty")
+            paths.append(c.finetuned)
+        return [load_checkpoint(self, resolve_weights_path(p)) for p in paths if p]
 
     def apply_freezing(self) -> None:
         c = self.cfg
@@ -195,6 +216,17 @@ class Blip2Qwen(BaseModel):
             r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules), task_type="CAUSAL_LM"
         )
         self.llm = get_peft_model(self.llm, peft_cfg)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recomputes LLM activations in backward (and the ViT's, when the ViT trains)."""
+        # Non-reentrant checkpointing works with frozen inputs (LoRA on a frozen LLM).
+        options = {"use_reentrant": False}
+        targets = [self.llm] + ([self.vision] if not self.cfg.freeze_vit else [])
+        for module in targets:
+            if hasattr(module, "activation_checkpointing_enable"):  # transformers >= 5.x name
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+            else:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
 
     @classmethod
     def processor_context(cls, cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
@@ -237,29 +269,11 @@ class Blip2Qwen(BaseModel):
         device = self.query_tokens.device
         labels = samples["labels"].to(device)
         attention_mask = samples["attention_mask"].to(device)
+        check_labels(samples["input_ids"].to(device), labels, samples.get("ids"))
         inputs_embeds = self.embed(samples)
         hidden = self.llm.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-        loss, n_tokens = self.supervised_loss(hidden, labels, samples.get("ids"))
+        loss, n_tokens = supervised_cross_entropy(hidden, labels, self.llm.get_output_embeddings(), samples.get("ids"))
         return {"loss": loss, "n_tokens": n_tokens}
-
-    def supervised_loss(self, hidden: torch.Tensor, labels: torch.Tensor, ids: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy over supervised positions only.
-
-        The LM head runs on the hidden states of supervised positions alone, so no
-        (batch, length, vocab) logits tensor is ever made.
-
-        Raises:
-            ValueError: if the batch has no supervised token (naming its sample ids).
-        """
-        targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        n_tokens = keep.sum()
-        if int(n_tokens) == 0:
-            raise ValueError(f"batch {ids}: no supervised token (every label is {IGNORE_INDEX}); check the templates/truncation")
-        h = hidden[:, :-1][keep]
-        logits = self.llm.get_output_embeddings()(h).float()
-        loss = F.cross_entropy(logits, targets[keep])
-        return loss, n_tokens
 
     @torch.no_grad()
     def generate(self, samples: dict[str, Any], max_new_tokens: int = 32, **gen_kwargs: Any) -> list[str]:

@@ -52,6 +52,9 @@ class RunnerConfig:
     warmup_steps: int = 0
     lr_sched: str = "linear_warmup_cosine_lr"
     weight_decay: float = 0.05
+    # A learning rate per model part (vit, ln_vision, qformer, queries, proj, llm);
+    # parts not named use init_lr. Schedules scale every part alike.
+    part_lr: dict[str, float] = field(default_factory=dict)
     beta2: float = 0.999
     grad_clip: float = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
@@ -132,15 +135,32 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
-    """Trainable parameters only, split into decayed and non-decayed (biases, norms, 1-d)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "bias" in name or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr}, {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
-    return [g for g in groups if g["params"]]
+def param_groups(model: torch.nn.Module, weight_decay: float, init_lr: float, part_lr: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """Optimizer groups of trainable parameters only, one pair per model part.
+
+    Each part (``model.parts()``: vit, ln_vision, qformer, queries, proj, llm)
+    gets its learning rate from ``part_lr`` (default ``init_lr``), split into a
+    decayed group and a non-decayed one (biases, norms, 1-d tensors).
+
+    Raises:
+        ConfigError: if ``part_lr`` names a part the model does not have.
+    """
+    part_lr = dict(part_lr or {})
+    parts: dict[str, list[torch.nn.Parameter]] = model.parts() if hasattr(model, "parts") else {"model": list(model.parameters())}
+    unknown = sorted(set(part_lr) - set(parts))
+    if unknown:
+        raise ConfigError([f"run.part_lr.{u}: unknown part; the model's parts are {', '.join(parts)}" for u in unknown])
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups: list[dict[str, Any]] = []
+    for part, params in parts.items():
+        lr = float(part_lr.get(part, init_lr))
+        trainable = [p for p in params if p.requires_grad]
+        no_decay = [p for p in trainable if p.ndim < 2 or "bias" in names[id(p)] or "norm" in names[id(p)].lower()]
+        decay = [p for p in trainable if all(p is not q for q in no_decay)]
+        for ps, wd in ((decay, weight_decay), (no_decay, 0.0)):
+            if ps:
+                groups.append({"params": ps, "weight_decay": wd, "lr": lr, "part": part})
+    return groups
 
 
 @registry.register_runner("runner_base")
@@ -222,7 +242,7 @@ class RunnerBase:
         self.max_steps = steps_per_epoch * self.run.max_epoch
         if self.run.max_steps is not None:
             self.max_steps = min(self.max_steps, self.run.max_steps)
-        groups = param_groups(self.model, self.run.weight_decay, self.run.init_lr)
+        groups = param_groups(self.model, self.run.weight_decay, self.run.init_lr, self.run.part_lr)
         if not groups:
             raise ValueError("no trainable parameters: every part is frozen (see the model.freeze_* switches)")
         optimizer = torch.optim.AdamW(groups, lr=self.run.init_lr, betas=(0.9, self.run.beta2))

@@ -1,0 +1,307 @@
+"""Reading the checkpoints people have into blip2_qwen, with a full report.
+
+Formats:
+    * LAVIS ``eva_vit_g.pth``: the EVA ViT alone (``blocks.N.attn.q_bias`` ...).
+    * LAVIS BLIP-2 ``{"model": state_dict}`` (``visual_encoder.*``, ``ln_vision.*``,
+      ``Qformer.bert.*``, ``query_tokens``; MiniGPT4Qwen adds ``llm_proj.*``).
+    * Hugging Face BLIP-2 folders / files (``vision_model.*``, ``qformer.*``,
+      ``query_tokens``), sharded safetensors with an index included.
+    * lavislite release files (``{"model": {our parameter names}}``).
+
+Every key is renamed by an explicit rule below. A load returns a ``LoadReport``:
+how many tensors were loaded, every checkpoint key not used (with why), every
+model key left unfilled; a shape mismatch is an error naming the key and both
+shapes. LAVIS loads with ``strict=False`` and says nothing; we say everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+import torch
+from torch import nn
+
+from lavislite.common.logger import logger
+
+# Why a checkpoint key is not used.
+TEXT_BRANCH = "Q-Former text branch (not used for image-only queries)"
+STAGE1_HEAD = "BLIP-2 stage-1 head (image-text contrastive / matching)"
+OTHER_LLM = "another LLM's weights or projection"
+NO_TARGET = "no matching parameter in the model"
+
+
+@dataclass
+class LoadReport:
+    """What one checkpoint load did."""
+
+    path: str
+    format: str
+    loaded: list[str] = field(default_factory=list)  # model keys filled
+    unused: dict[str, str] = field(default_factory=dict)  # checkpoint key -> reason
+    missing: list[str] = field(default_factory=list)  # model keys (in scope) not filled
+
+    def summary(self) -> str:
+        reasons: dict[str, int] = {}
+        for reason in self.unused.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        lines = [f"loaded {len(self.loaded)} tensors from {self.path} ({self.format})"]
+        for reason, n in sorted(reasons.items()):
+            lines.append(f"  unused: {n} key(s): {reason}")
+        if self.unused:
+            lines.append("  unused keys: " + ", ".join(sorted(self.unused)))
+        if self.missing:
+            lines.append(f"  NOT FILLED: {len(self.missing)} model key(s): " + ", ".join(self.missing))
+        return "\n".join(lines)
+
+
+# Where the LAVIS files come from (LAVIS's own download addresses), for the not-found message.
+KNOWN_SOURCES = {
+    "eva_vit_g.pth": "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/eva_vit_g.pth",
+    "blip2_pretrained.pth": "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/blip2_pretrained.pth",
+}
+
+
+def resolve_weights_path(path: str) -> str:
+    """Absolute, relative to the current folder, or relative to cache_root; raises if absent."""
+    from lavislite.common.utils import resolve_data_path
+
+    resolved = resolve_data_path(path)
+    if not os.path.exists(resolved):
+        source = KNOWN_SOURCES.get(os.path.basename(path))
+        hint = f"; download it from {source} to that path" if source else ""
+        raise FileNotFoundError(f"weights not found: {resolved} (from '{path}'){hint}")
+    return resolved
+
+
+# -- reading files ------------------------------------------------------------------
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Reads a checkpoint file or Hugging Face folder into a flat ``{key: tensor}``.
+
+    Uses safetensors or ``torch.load(weights_only=True)``; never unpickles code.
+    """
+    if os.path.isdir(path):
+        for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+            index_path = os.path.join(path, index)
+            if os.path.exists(index_path):
+                with open(index_path, encoding="utf-8") as fh:
+                    shards = sorted(set(json.load(fh)["weight_map"].values()))
+                out: dict[str, torch.Tensor] = {}
+                for shard in shards:
+                    out.update(read_state_dict(os.path.join(path, shard)))
+                return out
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if os.path.exists(os.path.join(path, name)):
+                return read_state_dict(os.path.join(path, name))
+        raise FileNotFoundError(f"{path}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json) in this folder")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: expected a state dict (or {{'model': state_dict}}) of tensors")
+    return obj
+
+
+def detect_format(keys: list[str]) -> str:
+    """Names the layout of a state dict from its keys."""
+    if any(k.startswith(("visual_encoder.", "Qformer.", "ln_vision.")) for k in keys):
+        return "lavis_blip2"
+    if any(k.startswith("vision_model.") for k in keys):
+        return "hf_blip2"
+    if "cls_token" in keys and any(k.startswith("blocks.") for k in keys):
+        return "lavis_vit"
+    return "lavislite"
+
+
+# -- key renaming ---------------------------------------------------------------------
+_VIT_RULES = [
+    (r"^cls_token$", "embeddings.class_embedding"),
+    (r"^pos_embed$", "embeddings.position_embedding"),
+    (r"^patch_embed\.proj\.(weight|bias)$", r"embeddings.patch_embedding.\1"),
+    (r"^blocks\.(\d+)\.norm1\.(weight|bias)$", r"encoder.layers.\1.layer_norm1.\2"),
+    (r"^blocks\.(\d+)\.norm2\.(weight|bias)$", r"encoder.layers.\1.layer_norm2.\2"),
+    (r"^blocks\.(\d+)\.attn\.qkv\.weight$", r"encoder.layers.\1.self_attn.qkv.weight"),
+    (r"^blocks\.(\d+)\.attn\.proj\.(weight|bias)$", r"encoder.layers.\1.self_attn.projection.\2"),
+    (r"^blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)$", r"encoder.layers.\1.mlp.\2.\3"),
+]
+
+_QFORMER_RULES = [
+    (r"^bert\.embeddings\.LayerNorm\.(weight|bias)$", r"layernorm.\1"),
+    (r"^bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.self\.(query|key|value)\.(weight|bias)$", r"encoder.layer.\1.\2.attention.\3.\4"),
+    (r"^bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.output\.(dense|LayerNorm)\.(weight|bias)$", r"encoder.layer.\1.\2.output.\3.\4"),
+    (r"^bert\.encoder\.layer\.(\d+)\.(intermediate_query|output_query)\.(dense|LayerNorm)\.(weight|bias)$", r"encoder.layer.\1.\2.\3.\4"),
+]
+_QFORMER_TEXT = [
+    r"^bert\.embeddings\.(word_embeddings|position_embeddings)\.weight$",
+    r"^bert\.embeddings\.position_ids$",
+    r"^bert\.encoder\.layer\.\d+\.(intermediate|output)\.(dense|LayerNorm)\.(weight|bias)$",
+    r"^cls\.",
+]
+
+
+def _apply(rules: list[tuple[str, str]], key: str) -> str | None:
+    for pattern, repl in rules:
+        if re.match(pattern, key):
+            return re.sub(pattern, repl, key)
+    return None
+
+
+def convert_lavis_vit(sd: dict[str, torch.Tensor], prefix: str = "vision.") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """LAVIS EVA ViT keys -> ``Blip2VisionModel`` keys (under ``prefix``).
+
+    LAVIS stores ``q_bias`` and ``v_bias`` (the k bias is always zero);
+    transformers has one ``qkv.bias`` = cat(q_bias, 0, v_bias).
+    """
+    out: dict[str, torch.Tensor] = {}
+    unused: dict[str, str] = {}
+    biases: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in sd.items():
+        m = re.match(r"^blocks\.(\d+)\.attn\.(q_bias|v_bias)$", key)
+        if m:
+            biases.setdefault(m.group(1), {})[m.group(2)] = value
+            continue
+        new = _apply(_VIT_RULES, key)
+        if new is None:
+            unused[key] = NO_TARGET
+        else:
+            out[prefix + new] = value
+    for block, pair in biases.items():
+        if set(pair) != {"q_bias", "v_bias"}:
+            raise ValueError(f"blocks.{block}.attn: has {sorted(pair)} but needs both q_bias and v_bias")
+        q, v = pair["q_bias"], pair["v_bias"]
+        out[f"{prefix}encoder.layers.{block}.self_attn.qkv.bias"] = torch.cat([q, torch.zeros_like(q), v])
+    return out, unused
+
+
+def convert_lavis_blip2(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A LAVIS / MiniGPT4Qwen BLIP-2 state dict -> blip2_qwen keys."""
+    out: dict[str, torch.Tensor] = {}
+    unused: dict[str, str] = {}
+    vit = {k[len("visual_encoder.") :]: v for k, v in sd.items() if k.startswith("visual_encoder.")}
+    vit_out, vit_unused = convert_lavis_vit(vit)
+    out.update(vit_out)
+    unused.update({"visual_encoder." + k: r for k, r in vit_unused.items()})
+    for key, value in sd.items():
+        if key.startswith("visual_encoder."):
+            continue
+        if key.startswith("ln_vision."):
+            out["vision.post_layernorm." + key[len("ln_vision.") :]] = value
+        elif key == "query_tokens":
+            out["query_tokens"] = value
+        elif key.startswith("Qformer."):
+            sub = key[len("Qformer.") :]
+            new = _apply(_QFORMER_RULES, sub)
+            if new is not None:
+                out["qformer." + new] = value
+            elif any(re.match(p, sub) for p in _QFORMER_TEXT):
+                unused[key] = TEXT_BRANCH
+            else:
+                unused[key] = NO_TARGET
+        elif key.split(".")[0] in ("vision_proj", "text_proj", "itm_head", "temp"):
+            unused[key] = STAGE1_HEAD
+        elif key.startswith("llm_proj."):  # MiniGPT4Qwen's name for the projection
+            out["proj." + key[len("llm_proj.") :]] = value
+        elif key.split(".")[0] in ("opt_proj", "t5_proj", "llm_model", "opt_model", "t5_model"):
+            unused[key] = OTHER_LLM
+        else:
+            unused[key] = NO_TARGET
+    return out, unused
+
+
+def convert_hf_blip2(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A Hugging Face ``Blip2*`` state dict -> blip2_qwen keys (names already match the parts)."""
+    out: dict[str, torch.Tensor] = {}
+    unused: dict[str, str] = {}
+    for key, value in sd.items():
+        if key.startswith("vision_model."):
+            out["vision." + key[len("vision_model.") :]] = value
+        elif key.startswith("qformer."):
+            sub = key[len("qformer.") :]
+            if sub.startswith("embeddings."):  # Q-Former text input (InstructBLIP-style)
+                unused[key] = TEXT_BRANCH
+            else:
+                out[key] = value
+        elif key == "query_tokens":
+            out[key] = value
+        elif key.startswith(("language_model.", "language_projection.")):
+            unused[key] = OTHER_LLM
+        else:
+            unused[key] = NO_TARGET
+    return out, unused
+
+
+CONVERTERS = {
+    "lavis_blip2": convert_lavis_blip2,
+    "lavis_vit": convert_lavis_vit,
+    "hf_blip2": convert_hf_blip2,
+    "lavislite": lambda sd: (dict(sd), {}),
+}
+
+
+# -- loading ----------------------------------------------------------------------------
+def load_converted(model: nn.Module, converted: dict[str, torch.Tensor], scope: tuple[str, ...]) -> tuple[list[str], list[str], dict[str, str]]:
+    """Copies converted tensors into ``model``.
+
+    Args:
+        scope: model key prefixes this checkpoint is expected to fill; unfilled
+            keys under them are reported as missing.
+
+    Returns:
+        (loaded model keys, missing model keys, converted keys with no target).
+
+    Raises:
+        ValueError: on a shape mismatch, naming the key and both shapes.
+    """
+    targets = dict(model.named_parameters())
+    targets.update(dict(model.named_buffers()))
+    loaded: list[str] = []
+    no_target: dict[str, str] = {}
+    for key, value in converted.items():
+        target = targets.get(key)
+        if target is None:
+            no_target[key] = NO_TARGET
+            continue
+        if tuple(target.shape) != tuple(value.shape):
+            raise ValueError(f"shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+        with torch.no_grad():
+            target.copy_(value.to(dtype=target.dtype))
+        loaded.append(key)
+    filled = set(loaded)
+    missing = [k for k in targets if k.startswith(scope) and k not in filled]
+    return loaded, missing, no_target
+
+
+def load_checkpoint(model: nn.Module, path: str, scope: tuple[str, ...] | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> LoadReport:
+    """Loads any supported checkpoint into ``model`` and logs the report.
+
+    Args:
+        model: a blip2_qwen model.
+        path: a file or Hugging Face folder.
+        scope: model key prefixes the checkpoint should fill (default: by format).
+        state_dict: an already read state dict (``path`` is then only a label).
+    """
+    sd = state_dict if state_dict is not None else read_state_dict(path)
+    fmt = detect_format(list(sd))
+    converted, unused = CONVERTERS[fmt](sd)
+    if scope is None:
+        scope = {
+            "lavis_vit": ("vision.embeddings.", "vision.encoder."),
+            "lavis_blip2": ("vision.", "qformer.", "query_tokens"),
+            "hf_blip2": ("vision.", "qformer.", "query_tokens"),
+            "lavislite": (),
+        }[fmt]
+    loaded, missing, no_target = load_converted(model, converted, scope)
+    unused.update(no_target)
+    report = LoadReport(path=path, format=fmt, loaded=loaded, unused=unused, missing=missing)
+    logger.info("%s", report.summary())
+    return report
+

@@ -1,0 +1,455 @@
+"""Training throughput of the demo model (``blip2_qwen``, model_type ``demo``).
+
+Builds everything exactly as ``train.py`` does from ``projects/demo/train.yaml``
+(config, process group, task, datasets, model, ``RunnerBase`` data loader and
+DeepSpeed engine), then, instead of ``runner.train()``, runs its own loop of
+``task.train_step`` / ``engine.backward`` / ``engine.step`` over the real
+DataLoader for ``--warmup`` untimed and ``--steps`` timed optimizer steps, and
+writes the measured figures as JSON.
+
+Run it from the repository root::
+
+    # one process (DeepSpeed's CPU accelerator is picked when there is no GPU)
+    python benchmarks/train_throughput.py --steps 20
+    python benchmarks/train_throughput.py --precision bf16 --zero 3 --batch-size 4
+
+    # several processes: every rank trains, rank 0 alone prints and writes the JSON
+    torchrun --nproc_per_node=2 benchmarks/train_throughput.py --steps 10 --out /tmp/bench2.json
+
+    # anything else in the run config, as in train.py
+    python benchmarks/train_throughput.py --options run.accum_grad_iters=2 model.freeze_llm=true
+
+With a world size above one the figures are combined over ranks: ``samples_per_sec``,
+``tokens_per_sec`` and ``supervised_tokens_per_sec`` are totals over all ranks
+(samples of every rank / the slowest rank's wall time); a step's time is the
+slowest rank's time for that step; losses and the real-token fraction are
+means over ranks; ``peak_memory_bytes`` is the largest rank's peak (each rank's
+value is in ``peak_memory_bytes_per_rank``).
+
+The run folder the runner needs (``run.output_dir``) is a temporary folder that
+is removed at the end; ``run.tensorboard`` is off. The JSON goes to ``--out``
+(default ``benchmarks/results/train_throughput.json``) and to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+DEMO_CONFIG = "projects/demo/train.yaml"
+DEFAULT_OUT = os.path.join("benchmarks", "results", "train_throughput.json")
+IGNORE_INDEX = -100
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses the command line.
+
+    Args:
+        argv: the arguments (``sys.argv[1:]`` when None).
+
+    Returns:
+        The parsed arguments.
+    """
+    parser = argparse.ArgumentParser(description="training throughput of the blip2_qwen demo model")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps before the timed ones")
+    parser.add_argument("--batch-size", type=int, default=8, help="micro-batch per process (run.batch_size_train)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--zero", type=int, choices=[0, 1, 2, 3], default=2, help="DeepSpeed ZeRO stage")
+    parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers per process")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="where rank 0 writes the JSON")
+    parser.add_argument("--options", nargs="+", default=[], help="extra config overrides, key.path=value (they win)")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must not be negative")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    return args
+
+
+def config_options(args: argparse.Namespace, output_dir: str) -> list[str]:
+    """The ``--options`` list for ``Config``: the benchmark's settings, then the user's.
+
+    Args:
+        args: the parsed command line.
+        output_dir: the temporary run folder.
+
+    Returns:
+        OmegaConf dot-list items; later items win, so the user's ``--options`` override.
+    """
+    return [
+        f"run.output_dir={output_dir}",
+        "run.tensorboard=false",
+        "run.job_id=train_throughput",
+        f"run.batch_size_train={args.batch_size}",
+        f"run.precision={args.precision}",
+        f"run.deepspeed_config.zero_optimization.stage={args.zero}",
+        f"run.num_workers={args.num_workers}",
+        *args.options,
+    ]
+
+
+def device_name() -> str:
+    """A readable name of the device the run trains on (GPU name or CPU model)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def batches(runner: Any) -> Iterator[dict[str, Any]]:
+    """Yields batches of the runner's DataLoader forever, epoch after epoch.
+
+    Args:
+        runner: a ``RunnerBase`` after ``setup_dataloader()``.
+
+    Yields:
+        Collated batches, with ``sampler.set_epoch`` called at each epoch start as the runner does.
+    """
+    epoch = 0
+    while True:
+        runner.sampler.set_epoch(epoch)
+        yield from runner.train_loader
+        epoch += 1
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation between ranks.
+
+    Args:
+        values: a non-empty list of numbers.
+        q: the percentile.
+
+    Returns:
+        The interpolated percentile.
+    """
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def train_steps(runner: Any, task: Any, n_steps: int, data: Iterator[dict[str, Any]], timed: bool) -> dict[str, Any]:
+    """Runs ``n_steps`` optimizer steps (each ``accum_grad_iters`` micro-batches).
+
+    Args:
+        runner: the set-up ``RunnerBase`` (``engine`` and data loader ready).
+        task: the task whose ``train_step`` makes the forward pass.
+        n_steps: optimizer steps to run.
+        data: the batch iterator (shared by warm-up and timed runs).
+        timed: whether to synchronise CUDA around each step for exact timing.
+
+    Returns:
+        This rank's figures: ``step_times`` (s, including data waits), ``data_wait``
+        (s per step), ``losses`` (per micro-batch), ``samples``, ``tokens``
+        (non-pad), ``padded`` (all positions), ``supervised`` tokens,
+        ``real_fractions`` (per micro-batch) and ``wall`` (s).
+
+    Raises:
+        FloatingPointError: if a loss is not finite.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    engine = runner.engine
+    engine.train()
+    out: dict[str, Any] = {
+        "step_times": [], "data_wait": [], "losses": [], "samples": 0, "tokens": 0, "padded": 0,
+        "supervised": 0, "real_fractions": [],
+    }
+    if cuda and timed:
+        torch.cuda.synchronize()
+    wall0 = time.perf_counter()
+    for _ in range(n_steps):
+        t0 = time.perf_counter()
+        wait = 0.0
+        while True:  # micro-batches up to the gradient-accumulation boundary
+            w0 = time.perf_counter()
+            samples = next(data)
+            wait += time.perf_counter() - w0
+            boundary = engine.is_gradient_accumulation_boundary()
+            result = task.train_step(engine, samples)
+            loss = result["loss"]
+            engine.backward(loss)
+            engine.step()
+            loss_value = float(loss.detach())
+            if not torch.isfinite(torch.tensor(loss_value)):
+                raise FloatingPointError(f"non-finite loss {loss_value} in batch {samples.get('ids')}")
+            mask = samples["attention_mask"]
+            real = int(mask.sum())
+            out["losses"].append(loss_value)
+            out["samples"] += len(samples["input_ids"])
+            out["tokens"] += real
+            out["padded"] += int(mask.numel())
+            out["supervised"] += int((samples["labels"] != IGNORE_INDEX).sum())
+            out["real_fractions"].append(real / max(int(mask.numel()), 1))
+            if boundary:
+                break
+        if cuda and timed:
+            torch.cuda.synchronize()
+        out["step_times"].append(time.perf_counter() - t0)
+        out["data_wait"].append(wait)
+    out["wall"] = time.perf_counter() - wall0
+    return out
+
+
+def peak_memory() -> dict[str, Any]:
+    """This process's peak memory figures.
+
+    Returns:
+        ``cuda_max_allocated_bytes`` (None without CUDA) and ``cpu_max_rss_bytes``
+        (``getrusage(RUSAGE_SELF).ru_maxrss``; KiB on Linux, bytes on macOS).
+    """
+    import torch
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_bytes = int(rss) if sys.platform == "darwin" else int(rss) * 1024
+    cuda = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+    return {"cuda_max_allocated_bytes": cuda, "cpu_max_rss_bytes": rss_bytes}
+
+
+def combine(local: dict[str, Any], memory: dict[str, Any]) -> list[dict[str, Any]]:
+    """Gathers every rank's figures (a list of one without a process group).
+
+    Args:
+        local: this rank's ``train_steps`` result for the timed steps.
+        memory: this rank's ``peak_memory()``.
+
+    Returns:
+        The per-rank records, in rank order.
+    """
+    from lavislite.common import dist_utils
+
+    return dist_utils.all_gather_object({**local, "memory": memory, "rank": dist_utils.get_rank()})
+
+
+def summarise(ranks: list[dict[str, Any]], warm: list[dict[str, Any]]) -> dict[str, Any]:
+    """Turns the per-rank records into the reported figures.
+
+    Args:
+        ranks: the timed steps' records of every rank.
+        warm: the warm-up records of every rank (for the first loss).
+
+    Returns:
+        The ``timing``, ``throughput``, ``tokens``, ``loss`` and ``memory`` sections.
+    """
+    n_steps = len(ranks[0]["step_times"])
+    # A step lasts as long as its slowest rank (backward all-reduces/reduce-scatters gradients).
+    step_times = [max(r["step_times"][i] for r in ranks) for i in range(n_steps)]
+    data_wait = [max(r["data_wait"][i] for r in ranks) for i in range(n_steps)]
+    wall = max(r["wall"] for r in ranks)
+    samples = sum(r["samples"] for r in ranks)
+    tokens = sum(r["tokens"] for r in ranks)
+    padded = sum(r["padded"] for r in ranks)
+    supervised = sum(r["supervised"] for r in ranks)
+    fractions = [f for r in ranks for f in r["real_fractions"]]
+    n_micro = len(ranks[0]["losses"])
+
+    def mean_loss(records: list[dict[str, Any]], index: int) -> float | None:
+        if not records or not records[0]["losses"]:
+            return None
+        return statistics.fmean(r["losses"][index] for r in records)
+
+    first_source = warm if warm and warm[0]["losses"] else ranks
+    mem_cuda = [r["memory"]["cuda_max_allocated_bytes"] for r in ranks]
+    mem_rss = [r["memory"]["cpu_max_rss_bytes"] for r in ranks]
+    on_cuda = mem_cuda[0] is not None
+    per_rank = mem_cuda if on_cuda else mem_rss
+    return {
+        "timing": {
+            "timed_steps": n_steps,
+            "micro_batches_per_rank": n_micro,
+            "total_wall_time_s": wall,
+            "step_time_mean_s": statistics.fmean(step_times),
+            "step_time_median_s": statistics.median(step_times),
+            "step_time_p90_s": percentile(step_times, 90),
+            "step_time_min_s": min(step_times),
+            "step_time_max_s": max(step_times),
+            "data_wait_mean_s": statistics.fmean(data_wait),
+            "step_times_s": step_times,
+        },
+        "throughput": {
+            "samples_per_sec": samples / wall,
+            "tokens_per_sec": tokens / wall,
+            "supervised_tokens_per_sec": supervised / wall,
+            "padded_tokens_per_sec": padded / wall,
+            "steps_per_sec": n_steps / wall,
+        },
+        "tokens": {
+            "samples": samples,
+            "real_tokens": tokens,
+            "padded_positions": padded,
+            "supervised_tokens": supervised,
+            "real_token_fraction": statistics.fmean(fractions),
+            "real_token_fraction_pooled": tokens / max(padded, 1),
+        },
+        "loss": {
+            "first": mean_loss(first_source, 0),
+            "first_is_from": "warmup" if first_source is warm else "timed",
+            "last": mean_loss(ranks, -1),
+            "timed_mean": statistics.fmean(x for r in ranks for x in r["losses"]),
+        },
+        "memory": {
+            "peak_memory_bytes": max(per_rank),
+            "peak_memory_kind": "cuda_max_allocated" if on_cuda else "cpu_max_rss",
+            "peak_memory_bytes_per_rank": per_rank,
+            "cuda_max_allocated_bytes": max(mem_cuda) if on_cuda else None,
+            "cpu_max_rss_bytes": max(mem_rss),
+            "cpu_max_rss_bytes_per_rank": mem_rss,
+            "note": "whole-process peaks (set-up, warm-up and timed steps); cpu_max_rss excludes DataLoader worker processes",
+        },
+    }
+
+
+def run_benchmark(args: argparse.Namespace, tmp_dir: str) -> dict[str, Any]:
+    """Builds the demo run as train.py does and times the steps.
+
+    Args:
+        args: the parsed command line.
+        tmp_dir: the temporary run folder (``run.output_dir``).
+
+    Returns:
+        The report (identical on every rank; rank 0 writes it).
+    """
+    import torch
+
+    from lavislite.common import dist_utils
+
+    # Must precede the first `import deepspeed` (inside setup_engine); DS_ACCELERATOR wins if set.
+    dist_utils.select_deepspeed_accelerator()
+
+    import lavislite  # noqa: F401  (registers the built-in names)
+    from lavislite.common.config import Config
+    from lavislite.common.logger import setup_logger
+    from lavislite.common.utils import library_path
+    from lavislite.runners.runner_base import RunnerBase, set_seed
+    from lavislite.tasks import setup_task
+
+    cfg = Config(library_path(DEMO_CONFIG), config_options(args, tmp_dir))
+    run = cfg.run_cfg
+    dist_utils.init_process_group(run.dist_backend)
+    rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
+    setup_logger()
+    set_seed(run.seed + rank)
+
+    task = setup_task(cfg)
+    datasets = task.build_datasets(cfg)
+    model = task.build_model(cfg)
+    # Counted before DeepSpeed wraps (and under ZeRO-3 partitions) the parameters.
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    runner = RunnerBase(cfg, task, model, datasets, str(run.job_id))
+    runner.setup_output_dir()
+    runner.setup_dataloader()
+    runner.setup_engine()
+
+    data = batches(runner)
+    warm = train_steps(runner, task, args.warmup, data, timed=False)
+    timed = train_steps(runner, task, args.steps, data, timed=True)
+    ranks = combine(timed, peak_memory())
+    warm_ranks = dist_utils.all_gather_object({"losses": warm["losses"]})
+
+    import deepspeed  # type: ignore[import-untyped]
+    import transformers
+
+    return {
+        "benchmark": "train_throughput",
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {"arch": str(cfg.model_cfg.arch), "model_type": str(cfg.model_cfg.model_type)},
+        "config": {
+            "config_path": DEMO_CONFIG,
+            "steps": args.steps,
+            "warmup_steps": args.warmup,
+            "batch_size_per_rank": int(run.batch_size_train),
+            "accum_grad_iters": int(run.accum_grad_iters),
+            "global_batch_size": int(runner.ds_config["train_batch_size"]),
+            "precision": str(run.precision),
+            "zero_stage": int(runner.ds_config["zero_optimization"]["stage"]),
+            "num_workers": int(run.num_workers),
+            "train_samples": len(runner.train_set),  # type: ignore[arg-type]
+            "batches_per_epoch_per_rank": len(runner.train_loader),
+            "options": list(args.options),
+        },
+        "environment": {
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "device_name": device_name(),
+            "ds_accelerator": os.environ.get("DS_ACCELERATOR"),
+            "dist_backend": torch.distributed.get_backend() if dist_utils.is_dist_avail_and_initialized() else None,
+            "world_size": world_size,
+            "cpu_count": os.cpu_count(),
+            "torch_num_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "deepspeed": deepspeed.__version__,
+        },
+        "parameters": {"total": n_params, "trainable": n_trainable},
+        **summarise(ranks, warm_ranks),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark; rank 0 writes the JSON to ``--out`` and prints it.
+
+    Args:
+        argv: the command-line arguments (``sys.argv[1:]`` when None).
+
+    Returns:
+        The exit status: 0, or 2 for an invalid config override.
+    """
+    args = parse_args(argv)
+    tmp_dir = tempfile.mkdtemp(prefix="lavislite_bench_")
+    try:
+        # stdout carries the JSON alone: whatever is printed while building and
+        # training (e.g. DeepSpeed's "... op built successfully") goes to stderr.
+        from lavislite.common.schema import ConfigError
+
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                report = run_benchmark(args, tmp_dir)
+        except ConfigError as exc:  # as train.py: a bad --options item is a usage error
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        from lavislite.common import dist_utils
+
+        if dist_utils.is_main_process():
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w", encoding="utf-8") as fh:
+                json.dump(report, fh, indent=2)
+                fh.write("\n")
+            print(json.dumps(report, indent=2), flush=True)
+        dist_utils.barrier()
+        if dist_utils.is_dist_avail_and_initialized():
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""The benchmark scripts run and write the figures they promise (values, not timings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, run_env
+
+
+def test_train_throughput_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "tp.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--steps", "2", "--warmup", "1", "--num-workers", "0", "--out", str(out)],
+        cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == data  # stdout carries exactly the JSON
+    tp, tokens, memory = data["throughput"], data["tokens"], data["memory"]
+    assert tp["samples_per_sec"] > 0 and tp["tokens_per_sec"] > tp["samples_per_sec"]
+    assert tokens["samples"] == 2 * 8  # 2 timed steps x batch 8
+    assert 0 < tokens["real_token_fraction"] <= 1
+    assert tokens["real_tokens"] <= tokens["padded_positions"]
+    assert memory["peak_memory_kind"] == "cpu_max_rss" and memory["peak_memory_bytes"] > 10_000_000

@@ -16,28 +16,15 @@ import os
 import sys
 from datetime import datetime
 
-from lavislite.common.config import Config, import_user_modules
-from lavislite.common.schema import ConfigError
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="lavislite evaluation")
-    parser.add_argument("--cfg-path", required=True)
-    parser.add_argument("--options", nargs="+", default=[])
-    parser.add_argument("--import", dest="imports", nargs="+", default=[])
-    parser.add_argument("--checkpoint", default=None, help="a checkpoint_release.pth to load (trainable weights)")
-    return parser.parse_args(argv)
+from lavislite.common.config import add_config_args, config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    import lavislite  # noqa: F401
-
-    try:
-        import_user_modules(args.imports)
-        cfg = Config(args.cfg_path, args.options)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    parser = add_config_args(argparse.ArgumentParser(description="lavislite evaluation"))
+    parser.add_argument("--checkpoint", default=None, help="a checkpoint_release.pth to load (trainable weights)")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    if cfg is None:
         return 2
 
     import torch

@@ -11,29 +11,15 @@ import os
 import sys
 from datetime import datetime
 
-from lavislite.common.config import Config, import_user_modules
-from lavislite.common.schema import ConfigError
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="lavislite training")
-    parser.add_argument("--cfg-path", required=True, help="path to the run config YAML")
-    parser.add_argument("--options", nargs="+", default=[], help="overrides, key.path=value (OmegaConf dot-list)")
-    parser.add_argument("--import", dest="imports", nargs="+", default=[], help="modules or .py files to import first (your builders)")
-    return parser.parse_args(argv)
+from lavislite.common.config import add_config_args, config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = add_config_args(argparse.ArgumentParser(description="lavislite training")).parse_args(argv)
 
     # 1. Config: validated before anything heavy is built.
-    import lavislite  # noqa: F401  (registers the built-in names)
-
-    try:
-        import_user_modules(args.imports)
-        cfg = Config(args.cfg_path, args.options)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    cfg = config_from_args(args)
+    if cfg is None:
         return 2
 
     # 2. Distributed set-up, seeds, logging.

@@ -100,3 +100,12 @@ def test_parameter_table_lists_parts(demo) -> None:  # type: ignore[no-untyped-d
         assert part in table
     # the demo trains every part; the LLM is dominated by Qwen's 151,936-row embedding
     assert sum(p.numel() for p in model.parts()["llm"]) > 151936 * 64
+
+
+def test_labels_that_do_not_match_the_ids_raise_with_the_sample_id(demo) -> None:  # type: ignore[no-untyped-def]
+    model, _, txt = demo
+    batch = _batch(model, txt)
+    supervised = (batch["labels"][1] != IGNORE_INDEX).nonzero()[0, 0]
+    batch["labels"][1, supervised] += 1  # off by one token id
+    with pytest.raises(ValueError, match=r"labels do not match input_ids at supervised positions in sample\(s\) \['s1'\]"):
+        model(batch)

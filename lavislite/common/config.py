@@ -12,6 +12,7 @@ once with its full key path, so a typo costs seconds, not a training job.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import os
@@ -313,3 +314,23 @@ def load_dataset_config(name: str, overrides: dict[str, Any] | None = None) -> D
     if problems:
         raise ConfigError(problems)
     return OmegaConf.create(data)
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments every entry point takes: ``--cfg-path``, ``--options``, ``--import``."""
+    parser.add_argument("--cfg-path", required=True, help="path to the run config YAML")
+    parser.add_argument("--options", nargs="+", default=[], help="overrides, key.path=value (OmegaConf dot-list)")
+    parser.add_argument("--import", dest="imports", nargs="+", default=[], help="modules or .py files to import first (your builders)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config | None:
+    """Imports user modules and builds the validated config; prints the problem and returns None if invalid."""
+    import lavislite  # noqa: F401  (registers the built-in names)
+
+    try:
+        import_user_modules(args.imports)
+        return Config(args.cfg_path, args.options)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None

@@ -91,7 +91,7 @@ def fill_deepspeed_config(run: Any, world_size: int) -> dict[str, Any]:
     ds = _deep_merge(ds, copy.deepcopy(inline))
     problems: list[str] = []
 
-    def fill(keys: tuple[str, ...], value: Any, run_key: str) -> None:
+    def fill(keys: tuple[str, ...], value: Any, run_key: str, shown: Any = None) -> None:
         node = ds
         for k in keys[:-1]:
             node = node.setdefault(k, {})
@@ -100,7 +100,7 @@ def fill_deepspeed_config(run: Any, world_size: int) -> dict[str, Any]:
             node[keys[-1]] = value
         elif current != value:
             problems.append(
-                f"run.deepspeed_config.{'.'.join(keys)} = {current!r} contradicts run.{run_key} = {value!r}; "
+                f"run.deepspeed_config.{'.'.join(keys)} = {current!r} contradicts run.{run_key} = {value if shown is None else shown!r}; "
                 f"set one of them (or 'auto')"
             )
 
@@ -108,8 +108,8 @@ def fill_deepspeed_config(run: Any, world_size: int) -> dict[str, Any]:
     fill(("gradient_accumulation_steps",), int(run.accum_grad_iters), "accum_grad_iters")
     fill(("train_batch_size",), int(run.batch_size_train) * int(run.accum_grad_iters) * world_size, "batch_size_train x accum_grad_iters x world size")
     fill(("gradient_clipping",), float(run.grad_clip), "grad_clip")
-    fill(("bf16", "enabled"), run.precision == "bf16", "precision")
-    fill(("fp16", "enabled"), run.precision == "fp16", "precision")
+    fill(("bf16", "enabled"), run.precision == "bf16", "precision", run.precision)
+    fill(("fp16", "enabled"), run.precision == "fp16", "precision", run.precision)
     if problems:
         raise ConfigError(problems)
     # The optimizer is ours (only trainable parameters, per-part groups); ZeRO
@@ -352,6 +352,8 @@ class RunnerBase:
             "epoch": epoch,
             "loss": loss_sum / max(batches, 1),
             "lr": float(self.lr_scheduler.get_last_lr()[0]),
+            # With per-part rates, each part's current rate too (lr/proj, lr/llm, ...).
+            **({f"lr/{g['part']}": float(g["lr"]) for g in self.optimizer.param_groups if "part" in g} if self.run.part_lr else {}),
             "samples_per_sec": n_samples / max(elapsed, 1e-9),
             "tokens_per_sec": real / max(elapsed, 1e-9),
             "real_token_fraction": real / max(padded, 1),

@@ -10,6 +10,7 @@ that never cuts an image's tokens, and the demo annotation files.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -379,3 +380,24 @@ def test_demo_files_label_the_replies(name: str, file: str, tokenizer: Any) -> N
         n = _demo_images(record)
         assert item["input_ids"].tolist().count(IMAGE_PAD) == n * NUM_IMAGE_TOKENS
         assert item["image"].shape == (n, 3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_malformed_conversations_fail_when_the_dataset_is_built(tmp_path: Path) -> None:
+    """Turn order, replies and stray image tokens are checked at start-up, naming id and file."""
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    cases = {
+        "twice_human": [{"from": "human", "value": "<image>\nQ"}, {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "A"}],
+        "no_reply": [{"from": "human", "value": "<image>\nQ"}],
+        "image_in_reply": [{"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": "A <image>"}],
+    }
+    text = QwenChatProcessor.from_config({"max_len": 512}, context={"tokenizer": "builtin:qwen2.5", "num_image_tokens": 4})
+    vis = BlipImageEvalProcessor.from_config({"image_size": 32})
+    for sid, convs in cases.items():
+        path = tmp_path / f"{sid}.json"
+        path.write_text(json.dumps([{"id": sid, "image": "a.png", "conversations": convs}]))
+        with pytest.raises(SampleError, match=rf"sample {sid}: .*\(in {re.escape(str(path))}\)"):
+            InstructionDataset(vis, text, str(tmp_path), [str(path)], parse_llava)
+    with pytest.raises(SampleError, match=r"sample lit: 1 <\|image_pad\|> tokens but 0 image\(s\)"):
+        text([{"role": "user", "content": "what is <|image_pad|>?"}, {"role": "assistant", "content": "x"}], num_images=0, sample_id="lit")

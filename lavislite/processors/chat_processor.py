@@ -160,6 +160,13 @@ class QwenChatProcessor(BaseProcessor):
                 span_i += 1
             if span_i < len(spans) and spans[span_i][0] <= start < spans[span_i][1]:
                 labels[k] = ids[k]
+        n_image_tokens = ids.count(self.image_token_id)
+        if n_image_tokens != num_images * self.cfg.num_image_tokens:
+            # e.g. a literal "<|image_pad|>" typed into the text
+            raise SampleError(
+                f"sample {sample_id}: {n_image_tokens} {self.cfg.image_token} tokens but {num_images} image(s) x "
+                f"{self.cfg.num_image_tokens}; the text must not contain {self.cfg.image_token} itself"
+            )
         ids, labels, kept = self.truncate(ids, labels, num_images)
         return {"input_ids": ids, "labels": labels, "num_images": kept}
 

@@ -118,11 +118,19 @@ class InstructionDataset(Dataset):
         self.text_processor = text_processor
         self.vis_root = vis_root
         self.samples = load_annotations(ann_paths, parse)
-        # Check placeholders against image counts now, not in epoch 3.
+        # Check every conversation's structure now, not in a worker in epoch 3:
+        # placeholders vs images, turn order, at least one reply (rendering is
+        # string work only; tokenization stays in __getitem__).
         for s in self.samples:
-            found = sum(text_processor.count_placeholders(t["content"]) for t in s.turns if t["role"] == "user")
-            if found != len(s.images):
-                raise SampleError(f"sample {s.id}: {found} image placeholder(s) in the text but {len(s.images)} image(s)")
+            try:
+                found = sum(text_processor.count_placeholders(t["content"]) for t in s.turns if t["role"] == "user")
+                if found != len(s.images):
+                    raise SampleError(f"sample {s.id}: {found} image placeholder(s) in the text but {len(s.images)} image(s)")
+                if not any(t["role"] == "assistant" for t in s.turns):
+                    raise SampleError(f"sample {s.id}: no assistant reply to learn from")
+                text_processor.render(s.turns, s.id)
+            except SampleError as exc:
+                raise SampleError(f"{exc} (in {', '.join(ann_paths)})") from exc
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -25,3 +25,19 @@ def test_train_throughput_writes_its_figures(tmp_path: Path) -> None:
     assert 0 < tokens["real_token_fraction"] <= 1
     assert tokens["real_tokens"] <= tokens["padded_positions"]
     assert memory["peak_memory_kind"] == "cpu_max_rss" and memory["peak_memory_bytes"] > 10_000_000
+
+
+def test_loss_memory_lean_and_full_agree_and_lean_uses_less(tmp_path: Path) -> None:
+    out = tmp_path / "lm.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "loss_memory.py"), "--hidden", "64", "--seq", "128", "--batch", "4", "--dtype", "fp32", "--device", "cpu", "--out", str(out)],
+        cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert data["loss_check"]["agree"] is True
+    lean, full = data["variants"]["lean"], data["variants"]["full"]
+    assert abs(lean["loss"] - full["loss"]) <= 1e-5 * abs(full["loss"])
+    assert full["peak_increase_bytes"] > lean["peak_increase_bytes"] > 0
+    # 25% supervised: the full-logits peak is several times the lean one
+    assert data["ratio_full_over_lean"]["peak_increase"] > 2

@@ -106,3 +106,33 @@ def test_unknown_arch_and_dataset_fail_listing_close_matches(tmp_path: Path) -> 
     assert proc.returncode != 0
     assert "Unknown model 'blip2_qwen2'. Did you mean: 'blip2_qwen'?" in proc.stderr
     assert "Unknown builder 'llava_instruct'. Did you mean: 'llava_instruction'" in proc.stderr
+
+
+def _evaluate(args: list[str], nproc: int) -> subprocess.CompletedProcess[str]:
+    script = str(REPO / "evaluate.py")
+    if nproc == 1:
+        cmd = [sys.executable, script, *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1", f"--master_port={_free_port()}", script, *args]
+    return subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_shards_lose_and_repeat_no_sample(tmp_path: Path) -> None:
+    """59 test samples over 2 ranks: every sample scored once, same loss as 1 rank."""
+    records = json.loads((REPO / "projects" / "demo" / "data" / "minigpt4_instruction.json").read_text())[:59]
+    (tmp_path / "test59.json").write_text(json.dumps(records))
+    proc = _train(["--cfg-path", DEMO, "--options", f"run.output_dir={tmp_path}", "run.job_id=t", "run.max_steps=2"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    common = [
+        "--cfg-path", DEMO, "--checkpoint", str(tmp_path / "t" / "checkpoint_release.pth"), "--options",
+        f"datasets.minigpt4_instruction.build_info.annotations.test.storage={tmp_path / 'test59.json'}",
+        "run.test_splits=[test]", "run.batch_size_eval=4", "run.num_workers=0", f"run.output_dir={tmp_path}",
+    ]
+    results = []
+    for nproc in (1, 2):
+        proc = _evaluate([*common, f"run.job_id=e{nproc}"], nproc)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(json.loads((tmp_path / f"e{nproc}" / "evaluate.json").read_text()))
+    assert results[0]["minigpt4_instruction/test/n_samples"] == results[1]["minigpt4_instruction/test/n_samples"] == 59
+    assert results[1]["minigpt4_instruction/test/loss"] == pytest.approx(results[0]["minigpt4_instruction/test/loss"], abs=1e-4)
+    assert 5 < results[0]["minigpt4_instruction/test/loss"] < 12.5  # two steps in: still near ln(151936) = 11.9

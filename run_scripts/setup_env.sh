@@ -16,7 +16,8 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
 fi
 if ! python -c "import torch" >/dev/null 2>&1; then
   echo "[setup] installing ${LAVISLITE_TORCH:-torch==2.13.0}"
-  python -m pip install -q "${LAVISLITE_TORCH:-torch==2.13.0}"
+  python -m pip install -q "${LAVISLITE_TORCH:-torch==2.13.0}" 2>&1 | grep -vE "^WARNING: Location|^$" || true
+  python -c "import torch" || { echo "[setup] torch did not install" >&2; exit 1; }
 fi
 echo "[setup] installing lavislite[dev]"
 python -m pip install -q -e ".[dev]" 2>&1 | grep -vE "^WARNING: Location|^$" || true

@@ -109,3 +109,18 @@ def test_labels_that_do_not_match_the_ids_raise_with_the_sample_id(demo) -> None
     batch["labels"][1, supervised] += 1  # off by one token id
     with pytest.raises(ValueError, match=r"labels do not match input_ids at supervised positions in sample\(s\) \['s1'\]"):
         model(batch)
+
+
+def test_qwen3_architecture_trains_through_the_same_path() -> None:
+    """llm_model may be any Qwen architecture; Qwen3 (q/k norms) with LoRA on all projections."""
+    torch.manual_seed(0)
+    llm_config = {"vocab_size": 151936, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+    lora = {"enabled": True, "r": 4, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    model, _, txt = load_model_and_preprocess("blip2_qwen", "demo", llm_model="qwen3", llm_config=llm_config, lora=lora)
+    assert type(model.llm.get_base_model()).__name__ == "Qwen3ForCausalLM"
+    batch = _batch(model, txt["train"])
+    out = model(batch)
+    out["loss"].backward()
+    assert 10 < out["loss"].item() < 13  # ~ln(151936) at random init
+    lora_grads = [p.grad for n, p in model.llm.named_parameters() if "lora_B" in n]
+    assert len(lora_grads) == 2 * 7 and all(g is not None and g.abs().sum() > 0 for g in lora_grads)

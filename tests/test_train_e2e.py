@@ -136,3 +136,25 @@ def test_evaluate_shards_lose_and_repeat_no_sample(tmp_path: Path) -> None:
     assert results[0]["minigpt4_instruction/test/n_samples"] == results[1]["minigpt4_instruction/test/n_samples"] == 59
     assert results[1]["minigpt4_instruction/test/loss"] == pytest.approx(results[0]["minigpt4_instruction/test/loss"], abs=1e-4)
     assert 5 < results[0]["minigpt4_instruction/test/loss"] < 12.5  # two steps in: still near ln(151936) = 11.9
+
+
+def test_resume_continues_step_lr_data_order_and_losses(tmp_path: Path) -> None:
+    """Resuming from the epoch-0 checkpoint repeats epoch 1 of the uninterrupted run."""
+    common = ["--cfg-path", DEMO, "--options", f"run.output_dir={tmp_path}", "run.max_epoch=2", "run.save_freq_epochs=1"]
+    proc = _train([*common, "run.job_id=full"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _train([*common, "run.job_id=resumed", f"run.resume_ckpt_path={tmp_path / 'full' / 'checkpoints' / 'epoch_0'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at epoch 1, step 15" in proc.stderr
+    full = [r for r in _metrics(tmp_path / "full") if r["epoch"] == 1]
+    resumed = _metrics(tmp_path / "resumed")
+    assert [r["step"] for r in resumed] == [r["step"] for r in full] == [20, 25, 30]
+    assert [r["lr"] for r in resumed] == [r["lr"] for r in full]
+    for a, b in zip(resumed, full):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+
+
+def test_resume_from_a_missing_checkpoint_fails_clearly(tmp_path: Path) -> None:
+    proc = _train(["--cfg-path", DEMO, "--options", f"run.output_dir={tmp_path}", "run.job_id=r", f"run.resume_ckpt_path={tmp_path / 'nope' / 'epoch_3'}"])
+    assert proc.returncode != 0
+    assert f"run.resume_ckpt_path: no DeepSpeed checkpoint at {tmp_path / 'nope' / 'epoch_3'}" in proc.stderr

@@ -393,6 +393,9 @@ class RunnerBase:
     def resume(self, path: str) -> None:
         """Continues from a DeepSpeed checkpoint folder (``.../checkpoints/epoch_N``)."""
         load_dir, tag = os.path.split(os.path.normpath(path))
+        # DeepSpeed asserts (no message) on a missing folder; say what is wrong.
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")
         _, client = self.engine.load_checkpoint(load_dir, tag=tag)
         if client is None:
             raise FileNotFoundError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")

@@ -401,3 +401,12 @@ def test_malformed_conversations_fail_when_the_dataset_is_built(tmp_path: Path) 
             InstructionDataset(vis, text, str(tmp_path), [str(path)], parse_llava)
     with pytest.raises(SampleError, match=r"sample lit: 1 <\|image_pad\|> tokens but 0 image\(s\)"):
         text([{"role": "user", "content": "what is <|image_pad|>?"}, {"role": "assistant", "content": "x"}], num_images=0, sample_id="lit")
+
+
+def test_missing_annotation_file_names_split_path_and_source(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"datasets.llava_instruction.build_info.annotations.train: .*missing.json not found \(download it from https://example.org/a.json\)"):
+        load_dataset(
+            "llava_instruction",
+            overrides={"build_info": {"annotations": {"train": {"storage": str(tmp_path / "missing.json"), "url": "https://example.org/a.json"}}, "images": {"storage": str(tmp_path)}}},
+            context={"tokenizer": "builtin:qwen2.5", "num_image_tokens": 4},
+        )

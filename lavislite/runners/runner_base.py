@@ -304,7 +304,7 @@ class RunnerBase:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         self.sampler.set_epoch(epoch)
         self.engine.train()
-        window = {"loss": 0.0, "batches": 0, "samples": 0, "tokens": 0, "real": 0, "padded": 0}
+        window = self._new_window()
         t0 = time.time()
         last: dict[str, Any] = {}
         bar = self._progress(len(self.train_loader), epoch)
@@ -330,14 +330,18 @@ class RunnerBase:
                 last = self.log_window(epoch, window, time.time() - t0)
                 if bar is not None:
                     bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
-                window = dict.fromkeys(window, 0)  # type: ignore[arg-type]
-                window["loss"] = 0.0
+                window = self._new_window()
                 t0 = time.time()
             if self.done:
                 break
         if bar is not None:
             bar.close()
         return last
+
+    @staticmethod
+    def _new_window() -> dict[str, float]:
+        """Sums over one log interval: loss, batches, samples, real and padded tokens."""
+        return {"loss": 0.0, "batches": 0, "samples": 0, "real": 0, "padded": 0}
 
     def log_window(self, epoch: int, window: dict[str, Any], elapsed: float) -> dict[str, Any]:
         """Averages the window over all ranks and writes one metrics record (rank 0)."""

@@ -110,9 +110,12 @@ class BaseDatasetBuilder:
         for split, ann in info.annotations.items():
             is_train = split == "train"
             paths = [resolve_data_path(p) for p in _as_list(ann.storage)]
-            for p, url in zip(paths, _as_list(ann.url) or [""] * len(paths)):
+            if not paths:
+                raise FileNotFoundError(f"datasets.{self.name}.build_info.annotations.{split}.storage: no annotation file given")
+            urls = _as_list(ann.url)
+            for i, p in enumerate(paths):
                 if not g_pathmgr.exists(p):
-                    where = f" (download it from {url})" if url else ""
+                    where = f" (download it from {urls[i]})" if i < len(urls) and urls[i] else ""
                     raise FileNotFoundError(f"datasets.{self.name}.build_info.annotations.{split}: {p} not found{where}")
             key = "train" if is_train else "eval"
             dataset_cls = self.train_dataset_cls if is_train else (self.eval_dataset_cls or self.train_dataset_cls)

@@ -164,19 +164,12 @@ def validate_processors(section: dict[str, Any], path: str, problems: list[str])
 
 
 def run_schema(task_cls: type, runner_cls: type) -> type:
-    """The ``run`` schema: the runner's fields plus the task's own fields."""
-    fields: dict[str, dataclasses.Field[Any]] = {}
-    for schema in (runner_cls.Config, task_cls.Config):
-        for f in dataclasses.fields(schema):
-            fields[f.name] = f
-    specs = [(f.name, f.type, f) for f in fields.values()]
-    ns = {**vars(sys.modules[runner_cls.Config.__module__]), **vars(sys.modules[task_cls.Config.__module__])}
-    cls = dataclasses.make_dataclass("RunConfig", specs)
-    cls.__module__ = runner_cls.Config.__module__
-    # make_dataclass annotations are strings under postponed evaluation; give
-    # get_type_hints the modules that define them.
-    cls.__annotations__ = {name: eval(tp, ns) if isinstance(tp, str) else tp for name, tp, _ in specs}  # noqa: S307
-    return cls
+    """The ``run`` schema: the runner's fields plus the task's own fields.
+
+    A dataclass inheriting both; ``typing.get_type_hints`` resolves each field's
+    annotation in the module that declared it.
+    """
+    return dataclasses.make_dataclass("RunConfig", [], bases=(task_cls.Config, runner_cls.Config))
 
 
 class Config:

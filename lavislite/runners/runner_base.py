@@ -72,7 +72,6 @@ class RunnerConfig:
     save_freq_epochs: int = 1
     tensorboard: bool = True
     resume_ckpt_path: str | None = None
-    evaluate: bool = False
     dist_backend: str | None = None  # default: nccl on CUDA, gloo on CPU
 
 

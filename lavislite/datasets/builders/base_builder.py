@@ -9,7 +9,7 @@ register it with ``@registry.register_builder("name")`` and import the module
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from iopath.common.file_io import g_pathmgr
 from omegaconf import DictConfig, OmegaConf
@@ -43,12 +43,10 @@ class BuildInfo:
 @dataclass
 class BuilderConfig:
     type: str = "default"
-    data_type: str = "images"
+    data_type: Literal["images"] = "images"  # the only kind built so far
     build_info: BuildInfo = field(default_factory=BuildInfo)
     vis_processor: dict[str, dict[str, Any]] = field(default_factory=dict)
     text_processor: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Relative weight when several training sets are mixed (LAVIS ``sample_ratio``).
-    sample_ratio: float = 1.0
 
 
 def _as_list(value: str | list[str]) -> list[str]:

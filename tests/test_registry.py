@@ -65,3 +65,11 @@ def test_paths_registered_on_import() -> None:
 
     assert os.path.isdir(os.path.join(registry.get_path("library_root"), "configs"))
     assert registry.get_path("cache_root")
+
+
+def test_name_of_is_the_reverse_lookup() -> None:
+    from lavislite.models.blip2_qwen import Blip2Qwen
+
+    assert registry.name_of("model", Blip2Qwen) == "blip2_qwen"
+    with pytest.raises(RegistryError, match=r"is not a registered builder"):
+        registry.name_of("builder", Blip2Qwen)

@@ -88,6 +88,17 @@ class Registry:
         msg += f" Registered {kind}s: {', '.join(names) if names else '(none)'}."
         raise RegistryError(msg)
 
+    def name_of(self, kind: str, cls: Any) -> str:
+        """Returns the name ``cls`` is registered under in ``kind``.
+
+        Raises:
+            RegistryError: if ``cls`` is not registered there.
+        """
+        for name, registered in self._table(kind).items():
+            if registered is cls:
+                return name
+        raise RegistryError(f"{_qualname(cls)} is not a registered {kind}; add @registry.register_{kind}(\"name\")")
+
     def list(self, kind: str) -> list[str]:
         """Returns the sorted registered names of one kind."""
         return sorted(self._table(kind))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -57,6 +59,16 @@ def resolve_data_path(path: str, cache_root: str | None = None) -> str:
     if os.path.isabs(expanded) or os.path.exists(expanded):
         return os.path.abspath(expanded)
     return os.path.join(cache_root or default_cache_root(), expanded)
+
+
+def as_list(value: Any) -> list[Any]:
+    """``None``/``""`` -> ``[]``, a sequence (list, tuple, ListConfig) -> a list, anything else -> ``[value]``.
+
+    Config and annotation fields accept one item or a list of them.
+    """
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else [value]
 
 
 def _register_resolvers() -> None:

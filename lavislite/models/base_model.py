@@ -39,8 +39,7 @@ class BaseModel(nn.Module):
         from lavislite.common.config import load_model_config
         from lavislite.common.registry import registry
 
-        arch = next(n for n in registry.list_models() if registry.get_model_class(n) is cls)
-        return cls.from_config(load_model_config(arch, model_type))
+        return cls.from_config(load_model_config(registry.name_of("model", cls), model_type))
 
     @classmethod
     def processor_context(cls, cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:

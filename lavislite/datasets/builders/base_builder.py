@@ -16,8 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from lavislite.common.logger import logger
-from lavislite.common.registry import registry
-from lavislite.common.utils import resolve_data_path
+from lavislite.common.registry import RegistryError, registry
+from lavislite.common.utils import as_list, resolve_data_path
 from lavislite.processors.blip_processors import build_processor
 
 
@@ -47,12 +47,6 @@ class BuilderConfig:
     build_info: BuildInfo = field(default_factory=BuildInfo)
     vis_processor: dict[str, dict[str, Any]] = field(default_factory=dict)
     text_processor: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def _as_list(value: str | list[str]) -> list[str]:
-    if not value:
-        return []
-    return [value] if isinstance(value, str) else list(value)
 
 
 class BaseDatasetBuilder:
@@ -86,10 +80,11 @@ class BaseDatasetBuilder:
 
     @classmethod
     def registered_name(cls) -> str:
-        for name in registry.list_builders():
-            if registry.get_builder_class(name) is cls:
-                return name
-        return ""
+        """The builder's registry name ("" for an unregistered subclass used directly)."""
+        try:
+            return registry.name_of("builder", cls)
+        except RegistryError:
+            return ""
 
     def build_processors(self) -> None:
         """Builds ``vis_processor`` / ``text_processor`` for ``train`` and ``eval``."""
@@ -107,10 +102,10 @@ class BaseDatasetBuilder:
             raise FileNotFoundError(f"datasets.{self.name}.build_info.images.storage: folder not found: {vis_root}")
         for split, ann in info.annotations.items():
             is_train = split == "train"
-            paths = [resolve_data_path(p) for p in _as_list(ann.storage)]
+            paths = [resolve_data_path(p) for p in as_list(ann.storage)]
             if not paths:
                 raise FileNotFoundError(f"datasets.{self.name}.build_info.annotations.{split}.storage: no annotation file given")
-            urls = _as_list(ann.url)
+            urls = as_list(ann.url)
             for i, p in enumerate(paths):
                 if not g_pathmgr.exists(p):
                     where = f" (download it from {urls[i]})" if i < len(urls) and urls[i] else ""

@@ -19,6 +19,7 @@ from iopath.common.file_io import g_pathmgr
 from PIL import Image
 from torch.utils.data import Dataset
 
+from lavislite.common.utils import as_list
 from lavislite.processors.chat_processor import IGNORE_INDEX, SampleError
 
 
@@ -31,24 +32,18 @@ class Sample:
     turns: list[dict[str, str]]
 
 
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 def parse_minigpt4(record: dict[str, Any], where: str) -> Sample:
     """MiniGPT4Qwen: ``{"image", "instruction", "output"}``; lists of equal length for multi-turn."""
     for key in ("image", "instruction", "output"):
         if key not in record:
             raise SampleError(f"{where}: missing key '{key}' (MiniGPT4Qwen format needs image, instruction, output)")
-    instructions, outputs = _as_list(record["instruction"]), _as_list(record["output"])
+    instructions, outputs = as_list(record["instruction"]), as_list(record["output"])
     if len(instructions) != len(outputs) or not instructions:
         raise SampleError(f"{where}: 'instruction' has {len(instructions)} turn(s) but 'output' has {len(outputs)}")
     turns: list[dict[str, str]] = []
     for q, a in zip(instructions, outputs):
         turns += [{"role": "user", "content": str(q)}, {"role": "assistant", "content": str(a)}]
-    return Sample(str(record.get("id", where)), [str(x) for x in _as_list(record["image"])], turns)
+    return Sample(str(record.get("id", where)), [str(x) for x in as_list(record["image"])], turns)
 
 
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -65,7 +60,7 @@ def parse_llava(record: dict[str, Any], where: str) -> Sample:
         if role is None or "value" not in turn:
             raise SampleError(f"{where}: conversations[{k}] needs 'from' (human/gpt) and 'value', got {turn}")
         turns.append({"role": role, "content": str(turn["value"])})
-    return Sample(str(record.get("id", where)), [str(x) for x in _as_list(record.get("image"))], turns)
+    return Sample(str(record.get("id", where)), [str(x) for x in as_list(record.get("image"))], turns)
 
 
 def load_annotations(paths: list[str], parse: Callable[[dict[str, Any], str], Sample]) -> list[Sample]:

@@ -1,7 +1,11 @@
 """Evaluate a model from a run config: the mean loss over ``run.test_splits``.
 
+    python evaluate.py --cfg-path X.yaml --checkpoint output/demo/JOB/checkpoint_release.pth
     python evaluate.py --cfg-path X.yaml --options run.test_splits=[train] model.finetuned=/path/checkpoint_release.pth
     torchrun --nproc_per_node=8 evaluate.py --cfg-path X.yaml
+
+Every split is read with the dataset's eval processors (no random crop or
+flip), so the same checkpoint gives the same number every time.
 
 Each rank scores its own shard (no sample counted twice), rank 0 writes
 ``output_dir/<job_id>/evaluate.json``. Generation metrics (COCO caption, VQA)
@@ -21,9 +25,12 @@ from lavislite.common.config import add_config_args, config_from_args
 
 def main(argv: list[str] | None = None) -> int:
     parser = add_config_args(argparse.ArgumentParser(description="lavislite evaluation"))
-    parser.add_argument("--checkpoint", default=None, help="a checkpoint_release.pth to load (trainable weights)")
+    parser.add_argument("--checkpoint", default=None, help="a checkpoint_release.pth to load (same as --options model.finetuned=PATH)")
     args = parser.parse_args(argv)
-    cfg = config_from_args(args)
+    if args.checkpoint:
+        # One loading path for both spellings: the model loads it and reports.
+        args.options = [*args.options, f"model.finetuned={args.checkpoint}", "model.load_finetuned=true"]
+    cfg = config_from_args(args, purpose="evaluate")
     if cfg is None:
         return 2
 
@@ -40,21 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = os.path.join(run.output_dir, job_id)
     setup_logger()
     task = setup_task(cfg)
-    datasets = task.build_datasets(cfg)
+    datasets = task.build_datasets(cfg, for_evaluation=True)
     model = task.build_model(cfg)
-    if args.checkpoint:
-        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)["model"]
-        missing = [k for k in state if k not in dict(model.named_parameters())]
-        if missing:
-            raise KeyError(f"{args.checkpoint}: {len(missing)} key(s) not in the model, e.g. {missing[:3]}")
-        model.load_state_dict(state, strict=False)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     model = model.to(device).eval()
 
     results: dict[str, float] = {}
     splits = list(run.test_splits) or list(run.valid_splits)
     if not splits:
-        raise ValueError("set run.test_splits (or run.valid_splits) to the splits to evaluate")
+        print("error: set run.test_splits (or run.valid_splits) to the splits to evaluate", file=sys.stderr)
+        return 2
     for name, by_split in datasets.items():
         for split in splits:
             if split not in by_split:

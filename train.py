@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     args = add_config_args(argparse.ArgumentParser(description="lavislite training")).parse_args(argv)
 
     # 1. Config: validated before anything heavy is built.
-    cfg = config_from_args(args)
+    cfg = config_from_args(args, purpose="train")
     if cfg is None:
         return 2
 

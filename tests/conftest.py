@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "projects" / "demo" / "data"
+DEMO = str(REPO / "projects" / "demo" / "train.yaml")
 
 
 def run_env() -> dict[str, str]:
@@ -38,3 +43,40 @@ def tiny_model():  # type: ignore[no-untyped-def]
 
     torch.manual_seed(0)
     return load_model("blip2_qwen", "demo")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch(script: str, args: list[str], nproc: int = 1, cwd: Path | str = REPO, timeout: int = 420) -> subprocess.CompletedProcess[str]:
+    """Runs a root entry point (``train.py``, ``evaluate.py``) in one process or under torchrun."""
+    path = str(REPO / script)
+    if nproc == 1:
+        cmd = [sys.executable, path, *args]
+    else:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+            "--master_addr=127.0.0.1", f"--master_port={free_port()}", path, *args,
+        ]
+    return subprocess.run(cmd, cwd=cwd, env=run_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README demo as shipped (one process), trained once per test session; its run folder.
+
+    End-to-end tests that need a trained model (evaluation, loading a release)
+    read this run instead of training their own.
+    """
+    out = tmp_path_factory.mktemp("demo_run")
+    proc = launch("train.py", ["--cfg-path", DEMO, "--options", f"run.output_dir={out}", "run.job_id=demo"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "demo"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lavislite.models.blip2_qwen import Blip2Qwen
-from lavislite.models.checkpoint import STAGE1_HEAD, TEXT_BRANCH, convert_lavis_vit, load_checkpoint, read_state_dict
+from lavislite.models.checkpoint import OTHER_LLM, STAGE1_HEAD, TEXT_BRANCH, convert_lavis_vit, load_checkpoint, read_state_dict
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "lavis_blip2"
 TINY_LLM = {"vocab_size": 151936, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}
@@ -144,3 +144,78 @@ def test_read_state_dict_unwraps_model_key(tmp_path: Path) -> None:
     assert list(read_state_dict(str(tmp_path / "c.pth"))) == ["a"]
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         read_state_dict(str(tmp_path / "nope.pth"))
+
+
+# -- MiniGPT4Qwen / MPP-LLaVA files (issue 9.3) ---------------------------------------------
+QWEN1_KEYS = {
+    "llm_model.transformer.wte.weight": (64, 32),
+    "llm_model.transformer.h.0.attn.c_attn.weight": (96, 32),
+    "llm_model.transformer.h.0.attn.c_attn.bias": (96,),
+    "llm_model.lm_head.weight": (64, 32),
+}
+
+
+def _llm_proj(dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return {"llm_proj.weight": torch.randn(32, 32, generator=g).to(dtype), "llm_proj.bias": torch.randn(32, generator=g).to(dtype)}
+
+
+def _qwen1() -> dict[str, torch.Tensor]:
+    return {k: torch.randn(*shape) for k, shape in QWEN1_KEYS.items()}
+
+
+def _minigpt4qwen_layouts(parity: dict) -> dict[str, object]:
+    proj = _llm_proj()
+    return {
+        # LAVIS runner checkpoint: trainable weights + buffers under "model"
+        "runner_model_key": {"model": {"Qformer.bert.embeddings.position_ids": torch.arange(16).unsqueeze(0), **proj}, "epoch": 3},
+        # the pipeline-parallel conversion (e.g. the pretrain model.pth): llm_proj alone, bf16
+        "flat_llm_proj_bf16": _llm_proj(torch.bfloat16),
+        # the unfrozen-LLM model.pth: llm_proj + Qwen-1 LLM weights
+        "flat_llm_proj_qwen1": {**proj, **_qwen1()},
+        # a full DeepSpeed state dict: everything, LAVIS ViT names (q_bias / v_bias) included
+        "deepspeed_module": {"module": {**parity["state_dict"], **proj, **_qwen1()}, "global_steps": 100, "ds_version": "0.14.0"},
+    }
+
+
+@pytest.mark.parametrize("layout", ["runner_model_key", "flat_llm_proj_bf16", "flat_llm_proj_qwen1", "deepspeed_module"])
+def test_every_minigpt4qwen_layout_loads_llm_proj_into_proj(parity: dict, tmp_path: Path, layout: str) -> None:
+    obj = _minigpt4qwen_layouts(parity)[layout]
+    path = tmp_path / "model.pth"
+    torch.save(obj, path)
+    torch.manual_seed(5)
+    model = _tiny_blip2_qwen(finetuned=str(path))
+    report = model.load_reports[-1]
+    assert report.format == "minigpt4qwen"
+    saved = read_state_dict(str(path))
+    torch.testing.assert_close(model.proj.weight, saved["llm_proj.weight"].float(), atol=0, rtol=0)
+    torch.testing.assert_close(model.proj.bias, saved["llm_proj.bias"].float(), atol=0, rtol=0)
+    other_llm = {k for k, why in report.unused.items() if why == OTHER_LLM}
+    assert other_llm == ({k for k in QWEN1_KEYS} if "qwen1" in layout or layout == "deepspeed_module" else set())
+    # NOT FILLED covers only the parts the file holds
+    assert report.missing == []
+    if layout == "deepspeed_module":
+        assert report.parts == ["vit", "ln_vision", "qformer", "queries", "proj"]
+        torch.testing.assert_close(model.query_tokens, parity["state_dict"]["query_tokens"])
+    else:
+        assert report.parts == ["proj"]
+
+
+def test_a_finetuned_file_that_fills_nothing_is_an_error(tmp_path: Path) -> None:
+    torch.save(_qwen1(), tmp_path / "qwen1_only.pth")
+    with pytest.raises(ValueError, match=r"model.finetuned=.*qwen1_only.pth \(minigpt4qwen layout\): filled no model weight"):
+        _tiny_blip2_qwen(finetuned=str(tmp_path / "qwen1_only.pth"))
+    torch.save({"model": {"decoder.weight": torch.zeros(2)}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"filled no model weight"):
+        _tiny_blip2_qwen(finetuned=str(tmp_path / "other.pth"))
+
+
+def test_not_filled_covers_only_the_parts_a_partial_file_holds(parity: dict) -> None:
+    """A stage-1 file without the query tokens reports them; it never lists the LLM or the projection."""
+    sd = {k: v for k, v in parity["state_dict"].items() if k != "query_tokens"}
+    model = _tiny_blip2_qwen()
+    report = load_checkpoint(model, "no-queries", state_dict=sd)
+    assert report.missing == []  # the file holds no query tokens: not its part
+    sd = {k: v for k, v in parity["state_dict"].items() if k != "Qformer.bert.embeddings.LayerNorm.weight"}
+    report = load_checkpoint(model, "partial-qformer", state_dict=sd)
+    assert report.missing == ["qformer.layernorm.weight"]

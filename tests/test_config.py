@@ -149,3 +149,48 @@ def test_shipped_yaml_validates(path: Path) -> None:
         assert cfg.run_cfg.task
     else:
         assert keys == {"cache_root"}
+
+
+def test_deepspeed_optimizer_and_scheduler_are_config_errors_naming_the_run_keys(tmp_path: Path) -> None:
+    """Issue 9.8: the runner builds both; DeepSpeed's would be silently ignored."""
+    with pytest.raises(ConfigError) as info:
+        Config(DEMO, ["run.deepspeed_config.optimizer.type=Adam", "run.deepspeed_config.scheduler.type=WarmupLR"])
+    msg = str(info.value)
+    assert "run.deepspeed_config: 'optimizer' is not used, the runner builds the optimizer; set run.init_lr, run.weight_decay, run.beta2" in msg
+    assert "run.deepspeed_config: 'scheduler' is not used, the runner builds the scheduler; set run.lr_sched, run.init_lr" in msg
+    ds_json = tmp_path / "ds.json"
+    ds_json.write_text('{"optimizer": {"type": "AdamW", "params": {"lr": 1e-3}}}')
+    with pytest.raises(ConfigError, match=r"run.deepspeed_config_path \(.*ds.json\): 'optimizer' is not used"):
+        Config(DEMO, [f"run.deepspeed_config_path={ds_json}"])
+    # contradictions are start-up errors too, not failures after the model is built
+    with pytest.raises(ConfigError, match=r"run.deepspeed_config.gradient_accumulation_steps = 4 contradicts run.accum_grad_iters = 1"):
+        Config(DEMO, ["run.deepspeed_config.gradient_accumulation_steps=4"])
+
+
+def test_unknown_split_is_an_error_listing_each_datasets_splits() -> None:
+    """Issue 9.10: a typo'd split used to evaluate nothing and exit 0."""
+    with pytest.raises(ConfigError) as info:
+        Config(DEMO, ["run.test_splits=[tets]"], purpose="evaluate")
+    msg = str(info.value)
+    assert "run.test_splits: unknown split 'tets'" in msg
+    assert "The datasets have: minigpt4_instruction: train; llava_instruction: train." in msg
+    with pytest.raises(ConfigError, match=r"run.train_splits: unknown split 'trian'; did you mean 'train'\?"):
+        Config(DEMO, ["run.train_splits=[trian]"], purpose="train")
+    # without a purpose (the Python API) splits are not checked; known splits pass
+    assert Config(DEMO, ["run.test_splits=[tets]"]).run_cfg.test_splits == ["tets"]
+    assert Config(DEMO, ["run.test_splits=[train]"], purpose="evaluate").run_cfg.test_splits == ["train"]
+
+
+def test_eval_processors_make_every_split_deterministic() -> None:
+    """Issue 9.11: evaluation reads the train split with the eval processors (no random crop or flip)."""
+    import torch
+
+    from lavislite.tasks import setup_task
+
+    cfg = Config(DEMO)
+    datasets = setup_task(cfg).build_datasets(cfg, for_evaluation=True)
+    train = datasets["minigpt4_instruction"]["train"]
+    assert type(train.vis_processor).__name__ == "BlipImageEvalProcessor"
+    a, b = train[0], train[0]
+    assert torch.equal(a["image"], b["image"])
+    assert type(setup_task(cfg).build_datasets(cfg)["minigpt4_instruction"]["train"].vis_processor).__name__ == "Blip2ImageTrainProcessor"

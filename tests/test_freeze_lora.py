@@ -115,3 +115,39 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
             for part in (model.llm, model.vision):
                 assert getattr(part, "is_activation_checkpointing", None) or part.is_gradient_checkpointing
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_frozen_qformer_and_vit_run_without_dropout_in_train_mode() -> None:
+    """Issue 9.4: a frozen encoder stays in eval mode whatever train() is called on."""
+    model, _ = _build(freeze_proj=False, freeze_vit=True, freeze_qformer=True)
+    image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        reference = model.encode_image(image)
+    model.train()
+    assert not model.qformer.training and not model.vision.training and model.proj.training
+    with torch.no_grad():
+        first, second = model.encode_image(image), model.encode_image(image)
+    torch.testing.assert_close(first, reference, atol=0, rtol=0)
+    torch.testing.assert_close(second, reference, atol=0, rtol=0)
+    # a Q-Former that trains does run its dropout (0.1 in the demo config)
+    trainable, _ = _build(freeze_qformer=False)
+    trainable.train()
+    assert trainable.qformer.training
+    with torch.no_grad():
+        assert not torch.equal(trainable.encode_image(image), trainable.encode_image(image))
+
+
+def test_lora_keeps_the_frozen_llm_in_train_mode_for_lora_dropout() -> None:
+    model, _ = _build(lora={"enabled": True, "r": 4, "dropout": 0.1})
+    model.train()
+    assert model.llm.training and not model.qformer.training
+    frozen_plain, _ = _build(freeze_proj=False)
+    frozen_plain.train()
+    assert not frozen_plain.llm.training
+
+
+def test_freeze_llm_false_with_lora_is_a_config_error() -> None:
+    """Issue 9.9: peft would silently freeze the LLM again."""
+    with pytest.raises(ConfigError, match=r"model.freeze_llm: false with lora.enabled: true is not supported"):
+        _build(freeze_llm=False, lora={"enabled": True})

@@ -116,7 +116,7 @@ def test_qwen3_architecture_trains_through_the_same_path() -> None:
     torch.manual_seed(0)
     llm_config = {"vocab_size": 151936, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
     lora = {"enabled": True, "r": 4, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-    model, _, txt = load_model_and_preprocess("blip2_qwen", "demo", llm_model="qwen3", llm_config=llm_config, lora=lora)
+    model, _, txt = load_model_and_preprocess("blip2_qwen", "demo", llm_model="qwen3", llm_config=llm_config, lora=lora, freeze_llm=True)
     assert type(model.llm.get_base_model()).__name__ == "Qwen3ForCausalLM"
     batch = _batch(model, txt["train"])
     out = model(batch)
@@ -124,3 +124,29 @@ def test_qwen3_architecture_trains_through_the_same_path() -> None:
     assert 10 < out["loss"].item() < 13  # ~ln(151936) at random init
     lora_grads = [p.grad for n, p in model.llm.named_parameters() if "lora_B" in n]
     assert len(lora_grads) == 2 * 7 and all(g is not None and g.abs().sum() > 0 for g in lora_grads)
+
+
+def test_text_only_batch_gives_every_trainable_parameter_a_gradient(demo) -> None:  # type: ignore[no-untyped-def]
+    """Issue 9.1: a rank whose batch has no image must still join every ZeRO gradient collective."""
+    model, _, txt = demo
+    from lavislite.datasets.datasets.instruction_dataset import collate_chat
+
+    enc = txt([{"role": "user", "content": "just text?"}, {"role": "assistant", "content": "yes."}], num_images=0, sample_id="t")
+    batch = collate_chat([{"id": "t", "image": None, "input_ids": torch.tensor(enc["input_ids"]), "labels": torch.tensor(enc["labels"])}], model.tokenizer.pad_token_id)
+    model.train()
+    try:
+        with torch.no_grad():
+            loss_no_grad = model(batch)["loss"]
+        model.zero_grad(set_to_none=True)
+        loss = model(batch)["loss"]
+        loss.backward()
+        # the blank image has weight zero: the loss is the text loss exactly
+        assert loss.item() == pytest.approx(loss_no_grad.item(), abs=1e-6)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+        assert with_grad == trainable
+        vision_path = [p.grad for n, p in model.named_parameters() if n.startswith(("vision.", "qformer.", "query_tokens", "proj."))]
+        assert vision_path and all(float(g.abs().sum()) == 0.0 for g in vision_path)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()

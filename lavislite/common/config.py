@@ -172,22 +172,28 @@ def run_schema(task_cls: type, runner_cls: type) -> type:
     return dataclasses.make_dataclass("RunConfig", [], bases=(task_cls.Config, runner_cls.Config))
 
 
+# The run keys naming the splits each entry point reads (checked against the datasets' splits).
+SPLIT_KEYS = {"train": ("train_splits", "valid_splits", "test_splits"), "evaluate": ("test_splits",)}
+
+
 class Config:
     """A validated run config with ``model_cfg``, ``datasets_cfg`` and ``run_cfg`` sections.
 
     Args:
         cfg_path: the run YAML.
         options: ``key.path=value`` overrides (``--options``).
+        purpose: ``"train"`` or ``"evaluate"``: the split names that entry point
+            reads must be splits of the configured datasets (None: not checked).
 
     Raises:
         ConfigError: listing every problem with its key path (before any model is built).
         FileNotFoundError: if ``cfg_path`` does not exist.
     """
 
-    def __init__(self, cfg_path: str, options: list[str] | None = None) -> None:
+    def __init__(self, cfg_path: str, options: list[str] | None = None, purpose: str | None = None) -> None:
         self.cfg_path = cfg_path
         user = OmegaConf.merge(load_yaml(cfg_path), parse_options(options))
-        self.config = build_config(user, source=cfg_path)
+        self.config = build_config(user, source=cfg_path, purpose=purpose)
 
     @property
     def model_cfg(self) -> DictConfig:
@@ -211,8 +217,36 @@ class Config:
             fh.write(self.to_yaml())
 
 
-def build_config(user: DictConfig, source: str = "") -> DictConfig:
+def split_problems(run: dict[str, Any], datasets: dict[str, dict[str, Any]], purpose: str) -> list[str]:
+    """Names every split the entry point would read that no configured dataset has.
+
+    A misspelt split (``run.test_splits=[tets]``) would otherwise make an
+    evaluation that scores nothing and exits 0.
+    """
+    have = {name: registry.get_builder_class(name).split_names(ds) for name, ds in datasets.items()}
+    known = sorted({s for splits in have.values() for s in splits})
+    listing = "; ".join(f"{name}: {', '.join(splits) or '(none)'}" for name, splits in have.items()) or "no datasets configured"
+    keys = SPLIT_KEYS[purpose]
+    if purpose == "evaluate" and not run.get("test_splits"):
+        keys = ("valid_splits",)  # evaluate.py reads valid_splits when test_splits is empty
+    problems = []
+    for key in keys:
+        for split in run.get(key) or []:
+            if split not in known:
+                hint = close_matches(str(split), known, n=1)
+                problems.append(
+                    f"run.{key}: unknown split '{split}'" + (f"; did you mean '{hint[0]}'?" if hint else "") + f" The datasets have: {listing}."
+                )
+    return problems
+
+
+def build_config(user: DictConfig, source: str = "", purpose: str | None = None) -> DictConfig:
     """Merges the default layers under ``user`` and validates every section.
+
+    Args:
+        user: the run config (YAML merged with ``--options``).
+        source: where it came from, for messages.
+        purpose: ``"train"`` / ``"evaluate"`` to check split names (``split_problems``).
 
     Raises:
         ConfigError: with every problem found, each with its key path.
@@ -276,6 +310,8 @@ def build_config(user: DictConfig, source: str = "") -> DictConfig:
             merged["run"] = validate(run_schema(task_cls, runner_cls), resolved["run"], "run")
         except ConfigError as exc:
             problems.extend(exc.problems)
+    if purpose and merged["run"] is not None and not problems:
+        problems.extend(split_problems(merged["run"], merged["datasets"], purpose))
     if problems:
         raise ConfigError(problems, source)
     return OmegaConf.create(merged)
@@ -317,13 +353,13 @@ def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Config | None:
+def config_from_args(args: argparse.Namespace, purpose: str | None = None) -> Config | None:
     """Imports user modules and builds the validated config; prints the problem and returns None if invalid."""
     import lavislite  # noqa: F401  (registers the built-in names)
 
     try:
         import_user_modules(args.imports)
-        return Config(args.cfg_path, args.options)
+        return Config(args.cfg_path, args.options, purpose=purpose)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None

@@ -55,9 +55,30 @@ def validate(schema: type, data: Any, path: str, source: str = "") -> dict[str, 
     """
     problems: list[str] = []
     out = _check_dataclass(schema, data, path, problems)
+    if not problems:
+        problems = section_problems(schema, out, path)
     if problems:
         raise ConfigError(problems, source)
     return out
+
+
+def section_problems(schema: type, data: dict[str, Any], path: str) -> list[str]:
+    """Runs the cross-key rules of ``schema`` and its bases on validated ``data``.
+
+    A schema states rules that no single field's type can (two switches that
+    contradict each other) as a static method ``check_section(data) -> list[str]``
+    whose messages start with the key they are about, relative to the section.
+    """
+    problems: list[str] = []
+    seen: set[Any] = set()
+    for cls in schema.__mro__:
+        hook = cls.__dict__.get("check_section")
+        if hook is None or hook in seen:
+            continue
+        seen.add(hook)
+        func = hook.__func__ if isinstance(hook, staticmethod) else hook
+        problems += [_join(path, p) for p in func(data)]
+    return problems
 
 
 def defaults(schema: type) -> dict[str, Any]:

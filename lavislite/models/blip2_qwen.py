@@ -18,7 +18,7 @@ from torch import nn
 from lavislite.common.logger import logger
 from lavislite.common.registry import registry
 from lavislite.models.base_model import BaseModel
-from lavislite.models.checkpoint import LoadReport, load_checkpoint, resolve_weights_path
+from lavislite.models.checkpoint import LoadReport, check_finetuned, load_checkpoint, resolve_weights_path
 from lavislite.models.losses import check_labels, supervised_cross_entropy
 from lavislite.processors.tokenizers import load_tokenizer
 
@@ -87,11 +87,28 @@ class Blip2QwenConfig:
     load_pretrained: bool = True
     vit_pretrained: str = ""  # LAVIS eva_vit_g.pth
     pretrained: str = ""  # BLIP-2 stage-1: LAVIS blip2_pretrained*.pth or an HF Blip2 folder
-    load_finetuned: bool = False
-    finetuned: str = ""  # a lavislite checkpoint_release.pth (or MiniGPT4Qwen checkpoint)
+    # A trained model to load last (lavislite release, MiniGPT4Qwen checkpoint).
+    # Setting it loads it; load_finetuned=false keeps it unloaded (with a warning),
+    # as LAVIS configs that carry both keys expect.
+    finetuned: str = ""
+    load_finetuned: bool | None = None
     image_token: str = "<|image_pad|>"
     # Processors for load_model_and_preprocess: {vis_processor|text_processor: {train|eval: spec}}.
     preprocess: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def check_section(data: dict[str, Any]) -> list[str]:
+        """Cross-key rules, checked at start-up with the rest of the config (keys relative to ``model``)."""
+        problems = []
+        if data["lora"]["enabled"] and not data["freeze_llm"]:
+            # peft freezes the base weights again, so "full LLM + LoRA" would silently train LoRA only.
+            problems.append(
+                "freeze_llm: false with lora.enabled: true is not supported (peft would freeze the LLM again); "
+                "use LoRA on a frozen LLM (freeze_llm: true) or full fine-tuning (lora.enabled: false)"
+            )
+        if data["load_finetuned"] is True and not data["finetuned"]:
+            problems.append("load_finetuned: true but finetuned is empty; name the checkpoint to load")
+        return problems
 
 
 def build_llm_config(cfg: Blip2QwenConfig) -> Any:
@@ -163,10 +180,11 @@ class Blip2Qwen(BaseModel):
             self.llm.resize_token_embeddings(len(self.tokenizer))
         self.proj = nn.Linear(q.hidden_size, self.llm.config.hidden_size)
         self.image_token_id = int(self.tokenizer.convert_tokens_to_ids(cfg.image_token))
-        self.load_reports = self.load_weights()
         self.apply_freezing()
         if cfg.lora.enabled:
             self.apply_lora()
+        # Weights load into the final structure: a LoRA release needs the LoRA layers to exist.
+        self.load_reports = self.load_weights()
         if cfg.gradient_checkpointing:
             self.enable_gradient_checkpointing()
 
@@ -184,14 +202,23 @@ class Blip2Qwen(BaseModel):
         }
 
     def load_weights(self) -> list[LoadReport]:
-        """Loads vit_pretrained, then pretrained, then (if asked) finetuned; returns the reports."""
+        """Loads vit_pretrained, then pretrained, then finetuned (when set); returns the reports.
+
+        Raises:
+            ValueError: if the finetuned file fills nothing, or leaves trained weights unused.
+        """
         c = self.cfg
-        paths = [c.vit_pretrained, c.pretrained] if c.load_pretrained else []
-        if c.load_finetuned:
-            if not c.finetuned:
-                raise ValueError("model.load_finetuned is true but model.finetuned is empty")
-            paths.append(c.finetuned)
-        return [load_checkpoint(self, resolve_weights_path(p)) for p in paths if p]
+        paths = [p for p in ([c.vit_pretrained, c.pretrained] if c.load_pretrained else []) if p]
+        reports = [load_checkpoint(self, resolve_weights_path(p)) for p in paths]
+        if c.finetuned and c.load_finetuned is False:
+            logger.warning("model.finetuned=%s is set but model.load_finetuned is false: NOT loading it", c.finetuned)
+        elif c.finetuned:
+            report = load_checkpoint(self, resolve_weights_path(c.finetuned))
+            check_finetuned(report)
+            reports.append(report)
+        elif c.load_finetuned:
+            raise ValueError("model.load_finetuned is true but model.finetuned is empty")
+        return reports
 
     def apply_freezing(self) -> None:
         c = self.cfg
@@ -216,6 +243,31 @@ class Blip2Qwen(BaseModel):
             r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules), task_type="CAUSAL_LM"
         )
         self.llm = get_peft_model(self.llm, peft_cfg)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Submodules that do not train and so must never run dropout.
+
+        ``engine.train()`` puts every submodule in train mode; a frozen Q-Former
+        in train mode would feed the projection dropout noise that it never
+        sees at inference (MiniGPT-4 and MiniGPT4Qwen keep frozen parts in eval).
+        """
+        c = self.cfg
+        frozen: list[nn.Module] = []
+        if c.freeze_vit:
+            frozen.append(self.vision)  # ln_vision (post_layernorm) has no train-mode behaviour
+        if c.freeze_qformer:
+            frozen.append(self.qformer)
+        if c.freeze_llm and not c.lora.enabled:  # LoRA dropout must stay active
+            frozen.append(self.llm)
+        return frozen
+
+    def train(self, mode: bool = True) -> "Blip2Qwen":
+        """Like ``nn.Module.train``, but frozen parts stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for module in self.frozen_modules():
+                module.eval()
+        return self
 
     def enable_gradient_checkpointing(self) -> None:
         """Recomputes LLM activations in backward (and the ViT's, when the ViT trains)."""
@@ -263,7 +315,21 @@ class Blip2Qwen(BaseModel):
         if n_images:
             image_embeds = self.encode_image(image).to(embeds.dtype)
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), image_embeds.reshape(-1, embeds.shape[-1]))
+        elif torch.is_grad_enabled() and self.vision_path_trains():
+            # A text-only batch still runs the vision path, on one blank image
+            # with weight zero: every trainable parameter then gets a (zero)
+            # gradient, so every rank joins the same ZeRO gradient collectives
+            # whatever its batch holds (otherwise a rank without images hangs
+            # or aborts the others).
+            size = self.cfg.vision.image_size
+            blank = torch.zeros(1, 3, size, size, device=embeds.device)
+            embeds = embeds + 0.0 * self.encode_image(blank).to(embeds.dtype).sum()
         return embeds
+
+    def vision_path_trains(self) -> bool:
+        """Whether any parameter between the pixels and the LLM input trains."""
+        modules = (self.vision, self.qformer, self.proj)
+        return self.query_tokens.requires_grad or any(p.requires_grad for m in modules for p in m.parameters())
 
     def forward(self, samples: dict[str, Any]) -> dict[str, torch.Tensor]:
         device = self.query_tokens.device

@@ -3,7 +3,11 @@
 Formats:
     * LAVIS ``eva_vit_g.pth``: the EVA ViT alone (``blocks.N.attn.q_bias`` ...).
     * LAVIS BLIP-2 ``{"model": state_dict}`` (``visual_encoder.*``, ``ln_vision.*``,
-      ``Qformer.bert.*``, ``query_tokens``; MiniGPT4Qwen adds ``llm_proj.*``).
+      ``Qformer.bert.*``, ``query_tokens``).
+    * MiniGPT4Qwen / MPP-LLaVA: the same names plus ``llm_proj.*`` (our ``proj``) and,
+      with an unfrozen LLM, Qwen-1 ``llm_model.transformer.*`` keys; as a LAVIS
+      runner file ``{"model": ...}``, a flat dict (``llm_proj.*`` alone, often
+      bf16) or a DeepSpeed ``{"module": ...}`` state dict.
     * Hugging Face BLIP-2 folders / files (``vision_model.*``, ``qformer.*``,
       ``query_tokens``), sharded safetensors with an index included.
     * lavislite release files (``{"model": {our parameter names}}``).
@@ -32,6 +36,25 @@ OTHER_LLM = "another LLM's weights or projection"
 NO_TARGET = "no matching parameter in the model"
 
 
+# Model key prefixes of each part (``Blip2Qwen.parts()``), for "which parts does this file hold".
+PART_PREFIXES: dict[str, tuple[str, ...]] = {
+    "vit": ("vision.embeddings.", "vision.encoder."),
+    "ln_vision": ("vision.post_layernorm.",),
+    "qformer": ("qformer.",),
+    "queries": ("query_tokens",),
+    "proj": ("proj.",),
+    "llm": ("llm.",),
+}
+
+
+def part_of(key: str) -> str | None:
+    """The model part a (converted) key belongs to, or None."""
+    for part, prefixes in PART_PREFIXES.items():
+        if key.startswith(prefixes):
+            return part
+    return None
+
+
 @dataclass
 class LoadReport:
     """What one checkpoint load did."""
@@ -40,13 +63,15 @@ class LoadReport:
     format: str
     loaded: list[str] = field(default_factory=list)  # model keys filled
     unused: dict[str, str] = field(default_factory=dict)  # checkpoint key -> reason
-    missing: list[str] = field(default_factory=list)  # model keys (in scope) not filled
+    missing: list[str] = field(default_factory=list)  # model keys (in the parts the file holds) not filled
+    parts: list[str] = field(default_factory=list)  # the model parts the file holds
 
     def summary(self) -> str:
         reasons: dict[str, int] = {}
         for reason in self.unused.values():
             reasons[reason] = reasons.get(reason, 0) + 1
-        lines = [f"loaded {len(self.loaded)} tensors from {self.path} ({self.format})"]
+        held = f"; holds {', '.join(self.parts)}" if self.parts else ""
+        lines = [f"loaded {len(self.loaded)} tensors from {self.path} ({self.format}{held})"]
         for reason, n in sorted(reasons.items()):
             lines.append(f"  unused: {n} key(s): {reason}")
         if self.unused:
@@ -112,7 +137,14 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
 
 
 def detect_format(keys: list[str]) -> str:
-    """Names the layout of a state dict from its keys."""
+    """Names the layout of a state dict from its keys.
+
+    MiniGPT4Qwen files may hold nothing but ``llm_proj.*`` (its pipeline-parallel
+    conversion) or ``llm_proj.*`` plus Qwen-1 ``llm_model.*`` keys, so those
+    prefixes alone identify it; they are read by the LAVIS converter.
+    """
+    if any(k.startswith(("llm_proj.", "llm_model.")) for k in keys):
+        return "minigpt4qwen"
     if any(k.startswith(("visual_encoder.", "Qformer.", "ln_vision.")) for k in keys):
         return "lavis_blip2"
     if any(k.startswith("vision_model.") for k in keys):
@@ -211,6 +243,8 @@ def convert_lavis_blip2(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
         elif key.startswith("llm_proj."):  # MiniGPT4Qwen's name for the projection
             out["proj." + key[len("llm_proj.") :]] = value
         elif key.split(".")[0] in ("opt_proj", "t5_proj", "llm_model", "opt_model", "t5_model"):
+            # MiniGPT4Qwen's unfrozen-LLM files hold Qwen-1 weights (transformer.h.N.attn.c_attn):
+            # another architecture than the Qwen2/3 this model uses.
             unused[key] = OTHER_LLM
         else:
             unused[key] = NO_TARGET
@@ -241,6 +275,7 @@ def convert_hf_blip2(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
 
 CONVERTERS = {
     "lavis_blip2": convert_lavis_blip2,
+    "minigpt4qwen": convert_lavis_blip2,
     "lavis_vit": convert_lavis_vit,
     "hf_blip2": convert_hf_blip2,
     "lavislite": lambda sd: (dict(sd), {}),
@@ -248,12 +283,28 @@ CONVERTERS = {
 
 
 # -- loading ----------------------------------------------------------------------------
-def load_converted(model: nn.Module, converted: dict[str, torch.Tensor], scope: tuple[str, ...]) -> tuple[list[str], list[str], dict[str, str]]:
+def canonical_key(key: str) -> str:
+    """A model key with peft's wrapping removed, so files match with and without LoRA.
+
+    ``llm.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight`` ->
+    ``llm.model.layers.0.self_attn.q_proj.weight``.
+    """
+    if key.startswith("llm.base_model.model."):
+        key = "llm." + key[len("llm.base_model.model.") :]
+    return key.replace(".base_layer.", ".")
+
+
+def load_converted(
+    model: nn.Module, converted: dict[str, torch.Tensor], scope: tuple[str, ...] | None = None, trainable_only: bool = False
+) -> tuple[list[str], list[str], dict[str, str]]:
     """Copies converted tensors into ``model``.
 
     Args:
         scope: model key prefixes this checkpoint is expected to fill; unfilled
-            keys under them are reported as missing.
+            keys under them are reported as missing. Default: the parts
+            (``PART_PREFIXES``) that the converted keys touch.
+        trainable_only: count only trainable parameters as missing (for files
+            that hold only the trainable weights, such as a lavislite release).
 
     Returns:
         (loaded model keys, missing model keys, converted keys with no target).
@@ -263,45 +314,81 @@ def load_converted(model: nn.Module, converted: dict[str, torch.Tensor], scope: 
     """
     targets = dict(model.named_parameters())
     targets.update(dict(model.named_buffers()))
+    by_canonical = {canonical_key(k): k for k in targets}
+    if scope is None:
+        held = {part_of(canonical_key(k)) for k in converted} - {None}
+        scope = tuple(p for part in PART_PREFIXES if part in held for p in PART_PREFIXES[part])
     loaded: list[str] = []
     no_target: dict[str, str] = {}
     for key, value in converted.items():
-        target = targets.get(key)
-        if target is None:
+        name = key if key in targets else by_canonical.get(canonical_key(key))
+        if name is None:
             no_target[key] = NO_TARGET
             continue
+        target = targets[name]
         if tuple(target.shape) != tuple(value.shape):
             raise ValueError(f"shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
         with torch.no_grad():
             target.copy_(value.to(dtype=target.dtype))
-        loaded.append(key)
+        loaded.append(name)
     filled = set(loaded)
-    missing = [k for k in targets if k.startswith(scope) and k not in filled]
+    params = dict(model.named_parameters())
+    missing = [
+        k for k in targets
+        if canonical_key(k).startswith(scope) and k not in filled and (not trainable_only or (k in params and params[k].requires_grad))
+    ]
     return loaded, missing, no_target
 
 
-def load_checkpoint(model: nn.Module, path: str, scope: tuple[str, ...] | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> LoadReport:
+def load_checkpoint(
+    model: nn.Module,
+    path: str,
+    scope: tuple[str, ...] | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> LoadReport:
     """Loads any supported checkpoint into ``model`` and logs the report.
 
     Args:
         model: a blip2_qwen model.
         path: a file or Hugging Face folder.
-        scope: model key prefixes the checkpoint should fill (default: by format).
+        scope: model key prefixes the checkpoint should fill (default: the parts
+            the file holds; for a lavislite release, its trainable weights there).
         state_dict: an already read state dict (``path`` is then only a label).
     """
     sd = state_dict if state_dict is not None else read_state_dict(path)
     fmt = detect_format(list(sd))
     converted, unused = CONVERTERS[fmt](sd)
-    if scope is None:
-        scope = {
-            "lavis_vit": ("vision.embeddings.", "vision.encoder."),
-            "lavis_blip2": ("vision.", "qformer.", "query_tokens"),
-            "hf_blip2": ("vision.", "qformer.", "query_tokens"),
-            "lavislite": (),
-        }[fmt]
-    loaded, missing, no_target = load_converted(model, converted, scope)
+    if scope is None and fmt == "lavis_vit":
+        scope = PART_PREFIXES["vit"]
+    # A lavislite release holds only what trained: frozen weights in its parts are not "missing".
+    loaded, missing, no_target = load_converted(model, converted, scope, trainable_only=fmt == "lavislite")
     unused.update(no_target)
-    report = LoadReport(path=path, format=fmt, loaded=loaded, unused=unused, missing=missing)
+    parts = sorted({p for p in (part_of(canonical_key(k)) for k in loaded) if p}, key=list(PART_PREFIXES).index)
+    report = LoadReport(path=path, format=fmt, loaded=loaded, unused=unused, missing=missing, parts=parts)
     logger.info("%s", report.summary())
     return report
 
+
+def check_finetuned(report: LoadReport) -> None:
+    """Raises unless a finetuned load filled what the file holds.
+
+    A finetuned file is the model the user means to use: a load that fills
+    nothing, or (for a lavislite release, which holds only trained weights)
+    leaves any of its keys unused, would silently evaluate random weights.
+
+    Raises:
+        ValueError: naming the file, its layout and the keys that found no place.
+    """
+    where = f"model.finetuned={report.path} ({report.format} layout)"
+    if not report.loaded:
+        sample = ", ".join(sorted(report.unused)[:5])
+        raise ValueError(f"{where}: filled no model weight; its keys ({len(report.unused)}) look like: {sample}")
+    if report.format == "lavislite" and report.unused:
+        keys = sorted(report.unused)
+        lora = [k for k in keys if ".lora_" in k]
+        hint = (
+            " The file holds LoRA weights: set model.lora.enabled=true with the lora settings of the run that wrote it."
+            if lora
+            else " Was it written by a model with another config (parts, sizes, freeze switches)?"
+        )
+        raise ValueError(f"{where}: {len(keys)} of its trained weights have no place in this model, e.g. {', '.join(keys[:3])}.{hint}")

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from lavislite.common import dist_utils
 from lavislite.common.config import Config
@@ -28,6 +28,13 @@ from lavislite.common.logger import JsonlWriter, logger
 from lavislite.common.optims import SchedulerArgs
 from lavislite.common.registry import registry
 from lavislite.common.schema import ConfigError
+from lavislite.datasets.datasets.samplers import EpochShardSampler, SeededSamples, worker_init
+
+# Keys of a DeepSpeed config that the runner owns, with the run keys to use instead.
+RUNNER_OWNED_DS_KEYS = {
+    "optimizer": "run.init_lr, run.weight_decay, run.beta2 and run.part_lr (the optimizer is AdamW over trainable parameters)",
+    "scheduler": "run.lr_sched, run.init_lr, run.min_lr, run.warmup_lr and run.warmup_steps",
+}
 
 
 @dataclass
@@ -74,21 +81,47 @@ class RunnerConfig:
     resume_ckpt_path: str | None = None
     dist_backend: str | None = None  # default: nccl on CUDA, gloo on CPU
 
+    @staticmethod
+    def check_section(data: dict[str, Any]) -> list[str]:
+        """Cross-key rules of the run section (messages relative to ``run``)."""
+        problems = []
+        if data["accum_grad_iters"] < 1:
+            problems.append(f"accum_grad_iters: must be at least 1, got {data['accum_grad_iters']}")
+            return problems
+        # The DeepSpeed config is checked now, not after the model is built;
+        # the world size comes from the launcher's environment.
+        _, ds_problems = build_deepspeed_config(OmegaConf.create(data), int(os.environ.get("WORLD_SIZE", 1)))
+        return problems + ds_problems
+
 
 # DeepSpeed keys the run section already states, with the run key they come from.
-def fill_deepspeed_config(run: Any, world_size: int) -> dict[str, Any]:
+def build_deepspeed_config(run: Any, world_size: int) -> tuple[dict[str, Any], list[str]]:
     """Builds the DeepSpeed config: file < inline < run values for "auto"/missing fields.
 
-    Raises:
-        ConfigError: if DeepSpeed states a concrete value that contradicts the run section.
+    Args:
+        run: the ``run`` section (attribute access: a DictConfig or dataclass).
+        world_size: the number of processes (for ``train_batch_size``).
+
+    Returns:
+        The config and its problems, each message relative to ``run``: a key the
+        runner owns (``optimizer``, ``scheduler``), a concrete value that
+        contradicts the run section, an unreadable JSON file.
     """
     ds: dict[str, Any] = {}
+    problems: list[str] = []
     if run.deepspeed_config_path:
-        with open(run.deepspeed_config_path, encoding="utf-8") as fh:
-            ds = json.load(fh)
+        try:
+            with open(run.deepspeed_config_path, encoding="utf-8") as fh:
+                ds = json.load(fh)
+        except (OSError, json.JSONDecodeError) as exc:
+            return {}, [f"deepspeed_config_path: cannot read {run.deepspeed_config_path}: {exc}"]
     inline = OmegaConf.to_container(run.deepspeed_config, resolve=True) if not isinstance(run.deepspeed_config, dict) else run.deepspeed_config
     ds = _deep_merge(ds, copy.deepcopy(inline))
-    problems: list[str] = []
+    # DeepSpeed would accept these and then ignore them (the runner passes its own).
+    for key, instead in RUNNER_OWNED_DS_KEYS.items():
+        if key in ds:
+            where = "deepspeed_config" if key in inline else f"deepspeed_config_path ({run.deepspeed_config_path})"
+            problems.append(f"{where}: '{key}' is not used, the runner builds the {key}; set {instead} instead")
 
     def fill(keys: tuple[str, ...], value: Any, run_key: str, shown: Any = None) -> None:
         node = ds
@@ -99,7 +132,7 @@ def fill_deepspeed_config(run: Any, world_size: int) -> dict[str, Any]:
             node[keys[-1]] = value
         elif current != value:
             problems.append(
-                f"run.deepspeed_config.{'.'.join(keys)} = {current!r} contradicts run.{run_key} = {value if shown is None else shown!r}; "
+                f"deepspeed_config.{'.'.join(keys)} = {current!r} contradicts run.{run_key} = {value if shown is None else shown!r}; "
                 f"set one of them (or 'auto')"
             )
 
@@ -109,13 +142,23 @@ def fill_deepspeed_config(run: Any, world_size: int) -> dict[str, Any]:
     fill(("gradient_clipping",), float(run.grad_clip), "grad_clip")
     fill(("bf16", "enabled"), run.precision == "bf16", "precision", run.precision)
     fill(("fp16", "enabled"), run.precision == "fp16", "precision", run.precision)
-    if problems:
-        raise ConfigError(problems)
     # The optimizer is ours (only trainable parameters, per-part groups); ZeRO
     # accepts it with this flag.
     ds.setdefault("zero_allow_untested_optimizer", True)
     ds.setdefault("steps_per_print", 10**9)
     ds.setdefault("zero_optimization", {}).setdefault("stage", 0)
+    return ds, problems
+
+
+def fill_deepspeed_config(run: Any, world_size: int) -> dict[str, Any]:
+    """``build_deepspeed_config`` that raises on any problem.
+
+    Raises:
+        ConfigError: naming each problem's ``run.`` key.
+    """
+    ds, problems = build_deepspeed_config(run, world_size)
+    if problems:
+        raise ConfigError([f"run.{p}" for p in problems])
     return ds
 
 
@@ -132,6 +175,31 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random states (Python, NumPy, torch CPU and CUDA), loadable with ``weights_only=True``."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    state: dict[str, Any] = {
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores what ``rng_state`` returned."""
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, init_lr: float, part_lr: dict[str, float] | None = None) -> list[dict[str, Any]]:
@@ -204,21 +272,17 @@ class RunnerBase:
         dist_utils.barrier()
 
     def setup_dataloader(self) -> None:
+        """The training loader: a seeded shard per rank, whole accumulation windows per epoch."""
         splits = [ds[s] for ds in self.datasets.values() for s in self.run.train_splits if s in ds]
         if not splits:
-            raise ValueError(f"no training split {list(self.run.train_splits)} in datasets {list(self.datasets)}")
+            have = "; ".join(f"{name}: {', '.join(by_split) or '(none)'}" for name, by_split in self.datasets.items())
+            raise ConfigError([f"run.train_splits: none of {list(self.run.train_splits)} is a split of the datasets ({have})"])
         collate = splits[0].collater  # every instruction dataset shares the chat collater
         self.train_set = splits[0] if len(splits) == 1 else ConcatDataset(splits)
-        self.sampler = DistributedSampler(
-            self.train_set,
-            num_replicas=dist_utils.get_world_size(),
-            rank=dist_utils.get_rank(),
-            shuffle=True,
-            seed=self.run.seed,
-            drop_last=True,
-        )
+        world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
+        self.sampler = EpochShardSampler(len(self.train_set), num_replicas=world, rank=rank, seed=self.run.seed)
         self.train_loader = DataLoader(
-            self.train_set,
+            SeededSamples(self.train_set),
             batch_size=self.run.batch_size_train,
             sampler=self.sampler,
             num_workers=self.run.num_workers,
@@ -226,18 +290,35 @@ class RunnerBase:
             drop_last=True,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.run.num_workers > 0,
+            worker_init_fn=worker_init,
+            # Its own generator, so starting the loader never draws from the
+            # global torch RNG that dropout uses (a resumed run would drift).
+            generator=torch.Generator().manual_seed(self.run.seed),
         )
-        if len(self.train_loader) == 0:
-            raise ValueError(
-                f"{len(self.train_set)} training samples is less than one batch of {self.run.batch_size_train} x {dist_utils.get_world_size()} processes"
+        accum = self.run.accum_grad_iters
+        batches = len(self.train_loader)
+        if batches < accum:
+            raise ConfigError(
+                [
+                    f"run.accum_grad_iters = {accum} but an epoch has only {batches} batch(es) per process "
+                    f"({len(self.train_set)} samples / ({self.run.batch_size_train} per batch x {world} process(es))): "
+                    "no optimizer step would run; lower accum_grad_iters or batch_size_train"
+                ]
             )
+        # Only whole accumulation windows: the last (batches % accum) batches of
+        # an epoch are dropped, so every optimizer step averages exactly
+        # accum_grad_iters batches and no window spans two epochs.
+        self.steps_per_epoch = batches // accum
+        self.batches_per_epoch = self.steps_per_epoch * accum
+        if self.batches_per_epoch < batches:
+            logger.info("the last %d batch(es) of each epoch are dropped (a partial accumulation window)", batches - self.batches_per_epoch)
 
     def setup_engine(self) -> None:
         import deepspeed
 
         ds_config = fill_deepspeed_config(self.run, dist_utils.get_world_size())
         self.ds_config = ds_config
-        steps_per_epoch = len(self.train_loader) // self.run.accum_grad_iters
+        steps_per_epoch = self.steps_per_epoch
         self.max_steps = steps_per_epoch * self.run.max_epoch
         if self.run.max_steps is not None:
             self.max_steps = min(self.max_steps, self.run.max_steps)
@@ -303,12 +384,17 @@ class RunnerBase:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         self.sampler.set_epoch(epoch)
         self.engine.train()
+        accum = self.run.accum_grad_iters
         window = self._new_window()
         t0 = time.time()
         last: dict[str, Any] = {}
-        bar = self._progress(len(self.train_loader), epoch)
-        for samples in self.train_loader:
-            boundary = self.engine.is_gradient_accumulation_boundary()
+        bar = self._progress(self.batches_per_epoch, epoch)
+        for i, samples in enumerate(self.train_loader):
+            if i >= self.batches_per_epoch:
+                break  # a partial accumulation window (see setup_dataloader)
+            boundary = (i + 1) % accum == 0
+            if boundary != self.engine.is_gradient_accumulation_boundary():
+                raise RuntimeError(f"accumulation out of step with DeepSpeed at epoch {epoch}, batch {i}")
             out = self.task.train_step(self.engine, samples)
             loss = out["loss"]
             if not torch.isfinite(loss):
@@ -355,6 +441,7 @@ class RunnerBase:
             "epoch": epoch,
             "loss": loss_sum / max(batches, 1),
             "lr": float(self.lr_scheduler.get_last_lr()[0]),
+            "samples": int(n_samples),  # in this interval, all ranks
             # With per-part rates, each part's current rate too (lr/proj, lr/llm, ...).
             **({f"lr/{g['part']}": float(g["lr"]) for g in self.optimizer.param_groups if "part" in g} if self.run.part_lr else {}),
             "samples_per_sec": n_samples / max(elapsed, 1e-9),
@@ -384,13 +471,14 @@ class RunnerBase:
 
     # -- checkpoints -----------------------------------------------------------------
     def save_checkpoint(self, epoch: int) -> None:
-        """A DeepSpeed checkpoint (every rank) for exact resume."""
-        state = {
-            "epoch": epoch,
-            "global_step": self.global_step,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-        }
+        """A DeepSpeed checkpoint (every rank) plus each rank's own random state, for exact resume."""
+        state = {"epoch": epoch, "global_step": self.global_step}
+        tag_dir = os.path.join(self.output_dir, "checkpoints", f"epoch_{epoch}")
         self.engine.save_checkpoint(os.path.join(self.output_dir, "checkpoints"), tag=f"epoch_{epoch}", client_state=state)
+        # DeepSpeed writes client_state into rank 0's file only (ZeRO 0-2), so
+        # every rank keeps its random streams (seeded seed + rank) in its own file.
+        torch.save(rng_state(), os.path.join(tag_dir, f"rng_state_rank{dist_utils.get_rank()}.pt"))
+        dist_utils.barrier()
         logger.info("saved checkpoint epoch_%d", epoch)
 
     def resume(self, path: str) -> None:
@@ -404,11 +492,11 @@ class RunnerBase:
             raise FileNotFoundError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")
         self.start_epoch = int(client["epoch"]) + 1
         self.global_step = int(client["global_step"])
-        rng = client.get("rng")
-        if rng:
-            random.setstate(rng["python"])
-            np.random.set_state(rng["numpy"])
-            torch.set_rng_state(rng["torch"])
+        rng_file = os.path.join(path, f"rng_state_rank{dist_utils.get_rank()}.pt")
+        if os.path.exists(rng_file):
+            set_rng_state(torch.load(rng_file, weights_only=True))
+        else:
+            logger.warning("%s has no random state for rank %d: random streams restart from the seed", path, dist_utils.get_rank())
         logger.info("resumed from %s at epoch %d, step %d", path, self.start_epoch, self.global_step)
 
     def save_release(self) -> None:

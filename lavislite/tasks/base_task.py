@@ -37,18 +37,19 @@ class BaseTask:
             model.log_parameter_table()
         return model
 
-    def build_datasets(self, cfg: Config) -> dict[str, dict[str, Dataset]]:
+    def build_datasets(self, cfg: Config, for_evaluation: bool = False) -> dict[str, dict[str, Dataset]]:
         """Builds every dataset of ``cfg.datasets_cfg``; returns ``{name: {split: Dataset}}``.
 
         Processors get the model's facts (tokenizer, image token count) as context,
-        so dataset configs never repeat them.
+        so dataset configs never repeat them. ``for_evaluation`` gives every
+        split the eval processors (see ``BaseDatasetBuilder.build_datasets``).
         """
         model_cls = registry.get_model_class(cfg.model_cfg.arch)
         context = model_cls.processor_context(cfg.model_cfg)
         datasets: dict[str, dict[str, Dataset]] = {}
         for name, ds_cfg in cfg.datasets_cfg.items():
             builder = registry.get_builder_class(str(name))(ds_cfg, context=context)
-            datasets[str(name)] = builder.build_datasets()
+            datasets[str(name)] = builder.build_datasets(for_evaluation=for_evaluation)
         if not datasets:
             logger.warning("the config names no datasets")
         return datasets

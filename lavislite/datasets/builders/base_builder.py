@@ -92,8 +92,23 @@ class BaseDatasetBuilder:
             for split, spec in (self.config.get(key) or {}).items():
                 target[str(split)] = build_processor(spec, context=self.context)
 
-    def build_datasets(self) -> dict[str, Dataset]:
-        """Builds one Dataset per split of ``build_info.annotations``."""
+    @classmethod
+    def split_names(cls, section: dict[str, Any]) -> list[str]:
+        """The splits a (validated) config section builds, known before anything is read.
+
+        Used to reject a misspelt ``run.*_splits`` at start-up; a builder that
+        makes its splits another way overrides this.
+        """
+        return list(((section.get("build_info") or {}).get("annotations") or {}))
+
+    def build_datasets(self, for_evaluation: bool = False) -> dict[str, Dataset]:
+        """Builds one Dataset per split of ``build_info.annotations``.
+
+        Args:
+            for_evaluation: give every split (``train`` too) the ``eval``
+                processors, so scoring a split is deterministic (no random
+                crops or flips).
+        """
         self.build_processors()
         datasets: dict[str, Dataset] = {}
         info = self.config.build_info
@@ -110,7 +125,7 @@ class BaseDatasetBuilder:
                 if not g_pathmgr.exists(p):
                     where = f" (download it from {urls[i]})" if i < len(urls) and urls[i] else ""
                     raise FileNotFoundError(f"datasets.{self.name}.build_info.annotations.{split}: {p} not found{where}")
-            key = "train" if is_train else "eval"
+            key = "train" if is_train and not for_evaluation else "eval"
             dataset_cls = self.train_dataset_cls if is_train else (self.eval_dataset_cls or self.train_dataset_cls)
             if dataset_cls is None:
                 raise TypeError(f"builder {type(self).__name__} sets no dataset class for split '{split}'")

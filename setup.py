@@ -39,6 +39,12 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["lavislite", "lavislite.*"]),
     cmdclass={"build_py": BuildPyWithData},
+    entry_points={
+        "console_scripts": [
+            "lavislite-train=lavislite.train:cli",
+            "lavislite-evaluate=lavislite.evaluate:cli",
+        ]
+    },
     install_requires=[
         "torch>=2.1",
         "transformers>=5.0",

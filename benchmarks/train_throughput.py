@@ -1,11 +1,11 @@
 """Training throughput of the demo model (``blip2_qwen``, model_type ``demo``).
 
 Builds everything exactly as ``train.py`` does from ``projects/demo/train.yaml``
-(config, process group, task, datasets, model, ``RunnerBase`` data loader and
-DeepSpeed engine), then, instead of ``runner.train()``, runs its own loop of
-``task.train_step`` / ``engine.backward`` / ``engine.step`` over the real
-DataLoader for ``--warmup`` untimed and ``--steps`` timed optimizer steps, and
-writes the measured figures as JSON.
+(config, the shared process set-up, task, datasets, model) and runs the real
+runner's ``train()``: its data loader, its DeepSpeed engine and its loop. A
+subclass of ``RunnerBase`` only listens to ``on_step_end`` to time each
+optimizer step; ``--warmup`` untimed steps come first, then ``--steps`` timed
+ones, and the JSON reports the measured figures.
 
 Run it from the repository root::
 
@@ -27,8 +27,8 @@ means over ranks; ``peak_memory_bytes`` is the largest rank's peak (each rank's
 value is in ``peak_memory_bytes_per_rank``).
 
 The run folder the runner needs (``run.output_dir``) is a temporary folder that
-is removed at the end; ``run.tensorboard`` is off. The JSON goes to ``--out``
-(default ``benchmarks/results/train_throughput.json``) and to stdout.
+is removed at the end; TensorBoard, validation and testing are off. The JSON
+goes to ``--out`` (default ``benchmarks/results/train_throughput.json``) and to stdout.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any
 
 DEMO_CONFIG = "projects/demo/train.yaml"
 DEFAULT_OUT = os.path.join("benchmarks", "results", "train_throughput.json")
@@ -94,6 +94,11 @@ def config_options(args: argparse.Namespace, output_dir: str) -> list[str]:
         f"run.output_dir={output_dir}",
         "run.tensorboard=false",
         "run.job_id=train_throughput",
+        f"run.max_steps={max(1, args.warmup) + args.steps}",
+        "run.max_epoch=1000",
+        "run.save_freq_epochs=1000",
+        "run.valid_splits=[]",
+        "run.test_splits=[]",
         f"run.batch_size_train={args.batch_size}",
         f"run.precision={args.precision}",
         f"run.deepspeed_config.zero_optimization.stage={args.zero}",
@@ -118,22 +123,6 @@ def device_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def batches(runner: Any) -> Iterator[dict[str, Any]]:
-    """Yields batches of the runner's DataLoader forever, epoch after epoch.
-
-    Args:
-        runner: a ``RunnerBase`` after ``setup_dataloader()``.
-
-    Yields:
-        Collated batches, with ``sampler.set_epoch`` called at each epoch start as the runner does.
-    """
-    epoch = 0
-    while True:
-        runner.sampler.set_epoch(epoch)
-        yield from runner.train_loader
-        epoch += 1
-
-
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0..100) with linear interpolation between ranks.
 
@@ -151,68 +140,46 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def train_steps(runner: Any, task: Any, n_steps: int, data: Iterator[dict[str, Any]], timed: bool) -> dict[str, Any]:
-    """Runs ``n_steps`` optimizer steps (each ``accum_grad_iters`` micro-batches).
-
-    Args:
-        runner: the set-up ``RunnerBase`` (``engine`` and data loader ready).
-        task: the task whose ``train_step`` makes the forward pass.
-        n_steps: optimizer steps to run.
-        data: the batch iterator (shared by warm-up and timed runs).
-        timed: whether to synchronise CUDA around each step for exact timing.
-
-    Returns:
-        This rank's figures: ``step_times`` (s, including data waits), ``data_wait``
-        (s per step), ``losses`` (per micro-batch), ``samples``, ``tokens``
-        (non-pad), ``padded`` (all positions), ``supervised`` tokens,
-        ``real_fractions`` (per micro-batch) and ``wall`` (s).
-
-    Raises:
-        FloatingPointError: if a loss is not finite.
-    """
+def make_bench_runner(base: type, warmup: int) -> type:
+    """A subclass of the real runner that times each optimizer step (``on_step_end``); nothing else changes."""
     import torch
 
-    cuda = torch.cuda.is_available()
-    engine = runner.engine
-    engine.train()
-    out: dict[str, Any] = {
-        "step_times": [], "data_wait": [], "losses": [], "samples": 0, "tokens": 0, "padded": 0,
-        "supervised": 0, "real_fractions": [],
-    }
-    if cuda and timed:
-        torch.cuda.synchronize()
-    wall0 = time.perf_counter()
-    for _ in range(n_steps):
-        t0 = time.perf_counter()
-        wait = 0.0
-        while True:  # micro-batches up to the gradient-accumulation boundary
-            w0 = time.perf_counter()
-            samples = next(data)
-            wait += time.perf_counter() - w0
-            boundary = engine.is_gradient_accumulation_boundary()
-            result = task.train_step(engine, samples)
-            loss = result["loss"]
-            engine.backward(loss)
-            engine.step()
-            loss_value = float(loss.detach())
-            if not torch.isfinite(torch.tensor(loss_value)):
-                raise FloatingPointError(f"non-finite loss {loss_value} in batch {samples.get('ids')}")
-            mask = samples["attention_mask"]
-            real = int(mask.sum())
-            out["losses"].append(loss_value)
-            out["samples"] += len(samples["input_ids"])
-            out["tokens"] += real
-            out["padded"] += int(mask.numel())
-            out["supervised"] += int((samples["labels"] != IGNORE_INDEX).sum())
-            out["real_fractions"].append(real / max(int(mask.numel()), 1))
-            if boundary:
-                break
-        if cuda and timed:
-            torch.cuda.synchronize()
-        out["step_times"].append(time.perf_counter() - t0)
-        out["data_wait"].append(wait)
-    out["wall"] = time.perf_counter() - wall0
-    return out
+    class BenchRunner(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.warm: dict[str, Any] = _new_record()
+            self.timed: dict[str, Any] = _new_record()
+            self.last_time: float | None = None
+
+        def on_step_end(self, info: dict[str, Any]) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # a step ends when its kernels do
+            now = time.perf_counter()
+            # The first step's time runs from the loop's start, so it is always a warm-up step.
+            record = self.warm if info["step"] <= max(1, warmup) else self.timed
+            if self.last_time is not None:
+                record["step_times"].append(now - self.last_time)
+                record["data_wait"].append(info["data_wait"])
+                if record is self.timed and "start" not in record:
+                    record["start"] = self.last_time
+            record["end"] = now
+            self.last_time = now
+            batch = info["last_batch"]
+            mask = batch["attention_mask"]
+            record["losses"].extend(x for x in info["losses"] if x is not None)
+            record["samples"] += info["samples"]
+            # The micro-batches of one step share a length distribution; the last one stands for the step.
+            per_batch = len(info["losses"])
+            record["tokens"] += int(mask.sum()) * per_batch
+            record["padded"] += int(mask.numel()) * per_batch
+            record["supervised"] += int((batch["labels"] != IGNORE_INDEX).sum()) * per_batch
+            record["real_fractions"].append(int(mask.sum()) / max(int(mask.numel()), 1))
+
+    return BenchRunner
+
+
+def _new_record() -> dict[str, Any]:
+    return {"step_times": [], "data_wait": [], "losses": [], "samples": 0, "tokens": 0, "padded": 0, "supervised": 0, "real_fractions": []}
 
 
 def peak_memory() -> dict[str, Any]:
@@ -337,22 +304,17 @@ def run_benchmark(args: argparse.Namespace, tmp_dir: str) -> dict[str, Any]:
 
     from lavislite.common import dist_utils
 
-    # Must precede the first `import deepspeed` (inside setup_engine); DS_ACCELERATOR wins if set.
-    dist_utils.select_deepspeed_accelerator()
-
     import lavislite  # noqa: F401  (registers the built-in names)
     from lavislite.common.config import Config
-    from lavislite.common.logger import setup_logger
+    from lavislite.common.registry import registry
     from lavislite.common.utils import library_path
-    from lavislite.runners.runner_base import RunnerBase, set_seed
+    from lavislite.runners.launch import setup_run
     from lavislite.tasks import setup_task
 
     cfg = Config(library_path(DEMO_CONFIG), config_options(args, tmp_dir))
     run = cfg.run_cfg
-    dist_utils.init_process_group(run.dist_backend)
+    setup_run(cfg, "bench.log")
     rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
-    setup_logger()
-    set_seed(run.seed + rank)
 
     task = setup_task(cfg)
     datasets = task.build_datasets(cfg)
@@ -361,16 +323,13 @@ def run_benchmark(args: argparse.Namespace, tmp_dir: str) -> dict[str, Any]:
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    runner = RunnerBase(cfg, task, model, datasets, str(run.job_id))
-    runner.setup_output_dir()
-    runner.setup_dataloader()
-    runner.setup_engine()
-
-    data = batches(runner)
-    warm = train_steps(runner, task, args.warmup, data, timed=False)
-    timed = train_steps(runner, task, args.steps, data, timed=True)
+    runner_cls = make_bench_runner(registry.get_runner_class(run.runner), args.warmup)
+    runner = runner_cls(cfg, task, model, datasets, str(run.job_id))
+    runner.train()
+    timed = dict(runner.timed)
+    timed["wall"] = timed.get("end", 0.0) - timed.get("start", 0.0)
     ranks = combine(timed, peak_memory())
-    warm_ranks = dist_utils.all_gather_object({"losses": warm["losses"]})
+    warm_ranks = dist_utils.all_gather_object({"losses": runner.warm["losses"]})
 
     import deepspeed  # type: ignore[import-untyped]
     import transformers
@@ -390,7 +349,8 @@ def run_benchmark(args: argparse.Namespace, tmp_dir: str) -> dict[str, Any]:
             "zero_stage": int(runner.ds_config["zero_optimization"]["stage"]),
             "num_workers": int(run.num_workers),
             "train_samples": len(runner.train_set),  # type: ignore[arg-type]
-            "batches_per_epoch_per_rank": len(runner.train_loader),
+            "batches_per_epoch_per_rank": runner.batches_per_epoch,
+            "thread_setting": os.environ.get("LAVISLITE_THREADS", "lavislite"),
             "options": list(args.options),
         },
         "environment": {

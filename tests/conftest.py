@@ -26,6 +26,8 @@ def run_env() -> dict[str, str]:
     env["DS_ACCELERATOR"] = "cpu"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
+    # gloo all-reduces; no 1-2 minute compile of DeepSpeed's CPU shared-memory op per fresh environment
+    env.setdefault("LAVISLITE_DS_SHM_OP", "0")
     return env
 
 
@@ -51,21 +53,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def launch(script: str, args: list[str], nproc: int = 1, cwd: Path | str = REPO, timeout: int = 420) -> subprocess.CompletedProcess[str]:
-    """Runs a root entry point (``train.py``, ``evaluate.py``) in one process or under torchrun."""
+def launch_cmd(script: str, args: list[str], nproc: int = 1, torchrun_args: list[str] | None = None) -> list[str]:
+    """The command line of a root entry point (``train.py``, ``evaluate.py``), plain or under torchrun."""
     path = str(REPO / script)
-    if nproc == 1:
-        cmd = [sys.executable, path, *args]
-    else:
-        cmd = [
-            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-            "--master_addr=127.0.0.1", f"--master_port={free_port()}", path, *args,
-        ]
-    return subprocess.run(cmd, cwd=cwd, env=run_env(), capture_output=True, text=True, timeout=timeout)
+    if nproc == 1 and torchrun_args is None:
+        return [sys.executable, path, *args]
+    rdzv = torchrun_args if torchrun_args is not None else ["--master_addr=127.0.0.1", f"--master_port={free_port()}"]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *rdzv, path, *args]
+
+
+def launch(script: str, args: list[str], nproc: int = 1, cwd: Path | str = REPO, timeout: int = 420) -> subprocess.CompletedProcess[str]:
+    """Runs a root entry point in one process or under torchrun and waits for it."""
+    return subprocess.run(launch_cmd(script, args, nproc), cwd=cwd, env=run_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of a run's metrics.jsonl."""
+    """The training records of a run's metrics.jsonl (validation and test records left out)."""
+    return [r for r in all_records(run_dir) if "loss" in r]
+
+
+def all_records(run_dir: Path) -> list[dict[str, Any]]:
+    """Every record of a run's metrics.jsonl."""
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 

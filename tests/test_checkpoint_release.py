@@ -76,3 +76,45 @@ def test_finetuned_alone_loads_and_load_finetuned_false_is_honoured_with_a_warni
         logger.removeHandler(caplog.handler)
     assert skipped.load_reports == []
     assert "model.load_finetuned is false: NOT loading it" in caplog.text
+
+
+def test_load_model_and_preprocess_with_finetuned_gives_the_trained_loss(demo_run: Path) -> None:
+    """Issue 10: ``finetuned=`` alone loads the release, and the load report is printed in the Python API too."""
+    import json
+
+    from conftest import DEMO_DATA
+    from lavislite.datasets.datasets.instruction_dataset import collate_chat, parse_minigpt4
+    from lavislite.models import load_model_and_preprocess
+
+    release = demo_run / "checkpoint_release.pth"
+    records = json.loads((DEMO_DATA / "minigpt4_instruction.json").read_text())[:8]
+
+    def loss_of(model, vis, txt) -> float:  # type: ignore[no-untyped-def]
+        from PIL import Image
+
+        batch = []
+        for i, rec in enumerate(records):
+            s = parse_minigpt4(rec, f"rec{i}")
+            enc = txt["eval"](s.turns, num_images=len(s.images), sample_id=s.id)
+            images = torch.stack([vis["eval"](Image.open(DEMO_DATA / "images" / p)) for p in s.images])
+            batch.append({"id": s.id, "image": images, "input_ids": torch.tensor(enc["input_ids"]), "labels": torch.tensor(enc["labels"])})
+        with torch.no_grad():
+            return float(model(collate_chat(batch, model.tokenizer.pad_token_id))["loss"])
+
+    torch.manual_seed(0)
+    trained = load_model_and_preprocess("blip2_qwen", "demo", is_eval=True, finetuned=str(release))
+    random_init = load_model_and_preprocess("blip2_qwen", "demo", is_eval=True)
+    assert loss_of(*trained) < 3.0 < 10.0 < loss_of(*random_init)
+
+
+def test_the_python_api_prints_the_load_report(demo_run: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import REPO, run_env
+
+    release = demo_run / "checkpoint_release.pth"
+    code = f"from lavislite.models import load_model_and_preprocess; load_model_and_preprocess('blip2_qwen', 'demo', finetuned={str(release)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"loaded 103 tensors from {release} (lavislite; holds vit, ln_vision, qformer, queries, proj, llm)" in proc.stderr

@@ -24,17 +24,19 @@ from omegaconf.errors import OmegaConfBaseException
 
 import lavislite.common.utils  # noqa: F401  (registers the ${lib:...} resolver)
 from lavislite.common.registry import RegistryError, close_matches, registry
+from lavislite.common.errors import MissingFileError
 from lavislite.common.schema import ConfigError, validate
 from lavislite.common.utils import library_path
 
 TOP_LEVEL_KEYS = ("model", "datasets", "run")
+SHIPPED_PREFIX = "lavislite:"
 PROCESSOR_KEYS = ("vis_processor", "text_processor")
 
 
 def load_yaml(path: str) -> DictConfig:
     """Loads a YAML file into a DictConfig; a missing or malformed file raises naming it."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"Config file not found: {path}")
+        raise MissingFileError(f"Config file not found: {path}")
     try:
         cfg = OmegaConf.load(path)
     except Exception as exc:  # yaml.YAMLError carries the line and column
@@ -142,6 +144,12 @@ def dataset_section(name: str, user_ds: Any, problems: list[str]) -> DictConfig 
     if path is None:
         return None
     default = load_yaml(path).get("datasets", {}).get(name, {})
+    # The splits a run lists are the splits it gets: a user's build_info.annotations
+    # replaces the default's (merging would keep, and require, every default split's file).
+    user_annotations = OmegaConf.select(user_ds, "build_info.annotations")
+    if user_annotations is not None and OmegaConf.select(default, "build_info.annotations") is not None:
+        default = OmegaConf.merge(default, {})
+        default.build_info.annotations = {}
     return OmegaConf.merge(default, user_ds)
 
 
@@ -345,21 +353,30 @@ def load_dataset_config(name: str, overrides: dict[str, Any] | None = None) -> D
     return OmegaConf.create(data)
 
 
-def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def resolve_config_path(path: str) -> str:
+    """``lavislite:projects/demo/train.yaml`` names a config shipped with the package; other paths stay."""
+    if path.startswith(SHIPPED_PREFIX):
+        return library_path(path[len(SHIPPED_PREFIX) :])
+    return path
+
+
+def add_config_args(parser: argparse.ArgumentParser, cfg_required: bool = True) -> argparse.ArgumentParser:
     """The arguments every entry point takes: ``--cfg-path``, ``--options``, ``--import``."""
-    parser.add_argument("--cfg-path", required=True, help="path to the run config YAML")
-    parser.add_argument("--options", nargs="+", default=[], help="overrides, key.path=value (OmegaConf dot-list)")
+    parser.add_argument(
+        "--cfg-path", required=cfg_required, help=f"the run config YAML; '{SHIPPED_PREFIX}projects/demo/train.yaml' names one shipped with lavislite"
+    )
+    parser.add_argument("--options", nargs="+", action="extend", default=[], help="overrides, key.path=value (OmegaConf dot-list); may be given more than once")
     parser.add_argument("--import", dest="imports", nargs="+", default=[], help="modules or .py files to import first (your builders)")
     return parser
 
 
-def config_from_args(args: argparse.Namespace, purpose: str | None = None) -> Config | None:
-    """Imports user modules and builds the validated config; prints the problem and returns None if invalid."""
-    import lavislite  # noqa: F401  (registers the built-in names)
+def load_config(args: argparse.Namespace, purpose: str | None = None) -> Config:
+    """Imports the user's modules (``--import``) and builds the validated config.
 
-    try:
-        import_user_modules(args.imports)
-        return Config(args.cfg_path, args.options, purpose=purpose)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return None
+    The caller imports ``lavislite`` first, which registers the built-in names.
+
+    Raises:
+        ConfigError, MissingFileError: naming every problem (entry points print them without a traceback).
+    """
+    import_user_modules(args.imports)
+    return Config(resolve_config_path(args.cfg_path), args.options, purpose=purpose)

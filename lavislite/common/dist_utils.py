@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import datetime
 import functools
+import hashlib
 import os
 import socket
+import sys
 from typing import Any, Callable
 
 import torch
@@ -23,6 +25,11 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if is_dist_avail_and_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_rank() -> int:
+    """This process's index on its node (``LOCAL_RANK``; 0 without a launcher)."""
+    return int(os.environ.get("LOCAL_RANK", 0))
 
 
 def is_main_process() -> bool:
@@ -67,27 +74,65 @@ def ensure_launcher_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
 
 
-def select_deepspeed_accelerator() -> None:
+def select_deepspeed_accelerator(cache_root: str | None = None) -> None:
     """Points DeepSpeed at its CPU accelerator when there is no GPU.
 
     Must run before deepspeed is imported; an explicit ``DS_ACCELERATOR`` wins.
+    On the CPU it also gives the ops DeepSpeed compiles one build folder per
+    Python environment (``TORCH_EXTENSIONS_DIR``, unless set): torch's default
+    folder is shared by every environment, so two checkouts (say, the demo's
+    and a test run's) would rebuild the same op over each other's build.
     """
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if torch.cuda.is_available():
+        return
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "TORCH_EXTENSIONS_DIR" not in os.environ and cache_root:
+        env_id = hashlib.sha1(os.path.realpath(sys.prefix).encode()).hexdigest()[:10]
+        os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(cache_root, "torch_extensions", f"{os.path.basename(sys.prefix)}-{env_id}")
+
+
+def configure_threads(num_workers: int) -> int:
+    """Sets torch's intra-op threads of this process to its share of the cores.
+
+    Each process gets ``cores / processes on this node``, minus one core per
+    DataLoader worker (workers run one thread each, see
+    ``datasets.samplers.worker_init``), and at least one. With the default
+    (one thread per core in every process), the main process and its workers
+    oversubscribe the cores and a shared 2-core machine trains several times
+    slower. An explicit ``OMP_NUM_THREADS`` wins; ``LAVISLITE_THREADS=torch``
+    keeps torch's own defaults everywhere (the benchmark's "old" setting).
+
+    Returns:
+        The thread count in effect.
+    """
+    if "OMP_NUM_THREADS" in os.environ or os.environ.get("LAVISLITE_THREADS") == "torch":
+        return torch.get_num_threads()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    threads = max(1, per_process - num_workers)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def init_process_group(backend: str | None = None, timeout_minutes: int = 30) -> None:
-    """Starts the default process group from the launcher's environment (idempotent)."""
+def init_process_group(backend: str | None = None, timeout_minutes: float = 30) -> None:
+    """Starts the default process group from the launcher's environment (idempotent).
+
+    ``timeout_minutes`` bounds every collective: a rank that waits longer for
+    the others fails instead of hanging.
+    """
     if is_dist_avail_and_initialized():
         return
     ensure_launcher_env()
     backend = backend or default_backend()
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
 
 
@@ -98,3 +143,35 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (``obj`` itself without a process group)."""
+    if not is_dist_avail_and_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def _comm_device() -> torch.device:
+    # nccl reduces CUDA tensors only; gloo CPU ones.
+    if is_dist_avail_and_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum over ranks (the tensor itself without a process group)."""
+    if not is_dist_avail_and_initialized():
+        return tensor
+    out = tensor.to(_comm_device())
+    dist.all_reduce(out)
+    return out.to(tensor.device)
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank."""
+    if not is_dist_avail_and_initialized():
+        return flag
+    return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)

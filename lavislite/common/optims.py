@@ -24,6 +24,8 @@ class SchedulerArgs:
     min_lr: float = 0.0
     warmup_lr: float = 0.0
     warmup_steps: int = 0
+    steps_per_epoch: int = 1  # for per-epoch schedules (linear_warmup_step_lr)
+    decay_rate: float = 0.9  # linear_warmup_step_lr: lr x decay_rate per epoch
 
 
 class BaseLRScheduler:
@@ -88,3 +90,20 @@ class ConstantLRScheduler(BaseLRScheduler):
     def lr_at(self, step: int, base_lr: float) -> float:
         warm = self._warmup(step, base_lr)
         return base_lr if warm is None else warm
+
+
+@registry.register_lr_scheduler("linear_warmup_step_lr")
+class LinearWarmupStepLRScheduler(BaseLRScheduler):
+    """LAVIS's step schedule, counted in optimizer steps.
+
+    Linear warm-up from ``warmup_lr`` over ``warmup_steps``, then
+    ``max(min_lr, base_lr * decay_rate ** epoch)`` with
+    ``epoch = step // steps_per_epoch`` (inner epochs under ``runner_iter``).
+    """
+
+    def lr_at(self, step: int, base_lr: float) -> float:
+        warm = self._warmup(step, base_lr)
+        if warm is not None:
+            return warm
+        epoch = step // max(1, self.args.steps_per_epoch)
+        return max(self._scale(self.args.min_lr, base_lr), base_lr * self.args.decay_rate**epoch)

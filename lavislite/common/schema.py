@@ -19,11 +19,12 @@ import typing
 from typing import Any, Literal, Union
 
 from lavislite.common.registry import close_matches
+from lavislite.common.errors import UserError
 
 MISSING = dataclasses.MISSING
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config failed validation; the message lists every problem with its key path."""
 
     def __init__(self, problems: list[str], source: str = "") -> None:

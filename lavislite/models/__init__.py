@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from lavislite.common.config import load_model_config
+from lavislite.common.logger import ensure_console_logging
 from lavislite.common.registry import registry
 from lavislite.models.base_model import BaseModel
 from lavislite.models.blip2_qwen import Blip2Qwen
@@ -23,8 +24,10 @@ def load_model(name: str, model_type: str, is_eval: bool = False, device: str | 
         model_type: a key of its ``PRETRAINED_MODEL_CONFIG_DICT`` (``demo``).
         is_eval: put the model in eval mode.
         device: where to move it.
-        **overrides: merged over the default config (e.g. ``freeze_llm=False``).
+        **overrides: merged over the default config (e.g. ``freeze_llm=False``,
+            ``finetuned="output/demo/JOB/checkpoint_release.pth"``, which loads it).
     """
+    ensure_console_logging()
     cfg = load_model_config(name, model_type, overrides)
     model = registry.get_model_class(name).from_config(cfg)
     if is_eval:
@@ -49,6 +52,7 @@ def load_model_and_preprocess(
         ``(model, vis_processors, txt_processors)``; processors are dicts keyed by
         ``train`` / ``eval``.
     """
+    ensure_console_logging()
     cfg = load_model_config(name, model_type, overrides)
     model_cls = registry.get_model_class(name)
     model = model_cls.from_config(cfg)

@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lavislite.common.logger import logger
+from lavislite.common.errors import DataError
+from lavislite.common.schema import ConfigError
 from lavislite.common.registry import registry
 from lavislite.models.base_model import BaseModel
 from lavislite.models.checkpoint import LoadReport, check_finetuned, load_checkpoint, resolve_weights_path
@@ -217,7 +219,7 @@ class Blip2Qwen(BaseModel):
             check_finetuned(report)
             reports.append(report)
         elif c.load_finetuned:
-            raise ValueError("model.load_finetuned is true but model.finetuned is empty")
+            raise ConfigError(["model.load_finetuned is true but model.finetuned is empty"])
         return reports
 
     def apply_freezing(self) -> None:
@@ -308,7 +310,7 @@ class Blip2Qwen(BaseModel):
         n_images = 0 if image is None else int(image.shape[0])
         expected = n_images * self.cfg.qformer.num_query_token
         if int(slots.sum()) != expected:
-            raise ValueError(
+            raise DataError(
                 f"batch {samples.get('ids')}: {int(slots.sum())} image tokens in input_ids but {n_images} image(s) "
                 f"x {self.cfg.qformer.num_query_token} queries = {expected}"
             )
@@ -342,23 +344,57 @@ class Blip2Qwen(BaseModel):
         return {"loss": loss, "n_tokens": n_tokens}
 
     @torch.no_grad()
-    def generate(self, samples: dict[str, Any], max_new_tokens: int = 32, **gen_kwargs: Any) -> list[str]:
-        """Generates a reply per sample (batched; pass left-padded prompts).
+    def generate(
+        self, samples: dict[str, Any], return_ids: bool = False, streamer: Any = None, synced_gpus: bool = False, **settings: Any
+    ) -> list[str] | tuple[list[str], list[list[int]]]:
+        """Generates one reply per sample of a batch of left-padded prompts.
 
-        Uses the LLM's own ``generate`` (KV cache, beam search, sampling) on the
-        same embedding path as training.
+        The prompts end with an open assistant turn (the chat processor's
+        ``add_generation_prompt``; the generation collater pads them on the
+        left). Images go through the same placeholder path as in training; the
+        LLM's own ``generate`` does the decoding (KV cache, beam search,
+        sampling) and stops at ``<|im_end|>``.
+
+        Args:
+            samples: ``input_ids``, ``attention_mask`` (left-padded) and ``image``.
+            return_ids: also return each reply's token ids (without ``<|im_end|>`` and padding).
+            streamer: a transformers streamer (e.g. ``TextIteratorStreamer``) for batch size 1.
+            synced_gpus: keep decoding until every rank is done (ZeRO-3: each
+                forward pass gathers parameters from all ranks).
+            **settings: ``GenerateConfig`` fields (``max_new_tokens``, ``num_beams``,
+                ``do_sample``, ``temperature``, ``top_p``, ...).
+
+        Returns:
+            The decoded replies (stripped), and with ``return_ids`` their token ids.
         """
+        from lavislite.common.schema import instantiate, validate
+        from lavislite.models.generation import GenerateConfig, hf_generate_kwargs
+
+        config = instantiate(GenerateConfig, validate(GenerateConfig, settings, "generate"))
         embeds = self.embed(samples)
         attention_mask = samples["attention_mask"].to(embeds.device)
+        end_id = int(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        pad_id = int(self.tokenizer.pad_token_id)
         out = self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.convert_tokens_to_ids("<|im_end|>"),
-            **gen_kwargs,
+            pad_token_id=pad_id,
+            eos_token_id=end_id,
+            streamer=streamer,
+            synced_gpus=synced_gpus,
+            **hf_generate_kwargs(config),
         )
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        # With only inputs_embeds given, generate returns the new tokens alone.
+        ids: list[list[int]] = []
+        for row in out.tolist():
+            reply = []
+            for token in row:
+                if token in (end_id, pad_id):
+                    break
+                reply.append(token)
+            ids.append(reply)
+        texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return (texts, ids) if return_ids else texts
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the trainable weights (what a release file holds)."""

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from lavislite.common.logger import logger
+from lavislite.common.errors import CheckpointError, MissingFileError
 
 # Why a checkpoint key is not used.
 TEXT_BRANCH = "Q-Former text branch (not used for image-only queries)"
@@ -96,7 +97,7 @@ def resolve_weights_path(path: str) -> str:
     if not os.path.exists(resolved):
         source = KNOWN_SOURCES.get(os.path.basename(path))
         hint = f"; download it from {source} to that path" if source else ""
-        raise FileNotFoundError(f"weights not found: {resolved} (from '{path}'){hint}")
+        raise MissingFileError(f"weights not found: {resolved} (from '{path}'){hint}")
     return resolved
 
 
@@ -119,9 +120,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         for name in ("model.safetensors", "pytorch_model.bin"):
             if os.path.exists(os.path.join(path, name)):
                 return read_state_dict(os.path.join(path, name))
-        raise FileNotFoundError(f"{path}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json) in this folder")
+        raise MissingFileError(f"{path}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json) in this folder")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -132,7 +133,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict (or {{'model': state_dict}}) of tensors")
+        raise CheckpointError(f"{path}: expected a state dict (or {{'model': state_dict}}) of tensors")
     return obj
 
 
@@ -327,7 +328,7 @@ def load_converted(
             continue
         target = targets[name]
         if tuple(target.shape) != tuple(value.shape):
-            raise ValueError(f"shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
+            raise CheckpointError(f"shape mismatch for {key}: checkpoint {tuple(value.shape)} vs model {tuple(target.shape)}")
         with torch.no_grad():
             target.copy_(value.to(dtype=target.dtype))
         loaded.append(name)
@@ -377,12 +378,12 @@ def check_finetuned(report: LoadReport) -> None:
     leaves any of its keys unused, would silently evaluate random weights.
 
     Raises:
-        ValueError: naming the file, its layout and the keys that found no place.
+        CheckpointError: naming the file, its layout and the keys that found no place.
     """
     where = f"model.finetuned={report.path} ({report.format} layout)"
     if not report.loaded:
         sample = ", ".join(sorted(report.unused)[:5])
-        raise ValueError(f"{where}: filled no model weight; its keys ({len(report.unused)}) look like: {sample}")
+        raise CheckpointError(f"{where}: filled no model weight; its keys ({len(report.unused)}) look like: {sample}")
     if report.format == "lavislite" and report.unused:
         keys = sorted(report.unused)
         lora = [k for k in keys if ".lora_" in k]
@@ -391,4 +392,4 @@ def check_finetuned(report: LoadReport) -> None:
             if lora
             else " Was it written by a model with another config (parts, sizes, freeze switches)?"
         )
-        raise ValueError(f"{where}: {len(keys)} of its trained weights have no place in this model, e.g. {', '.join(keys[:3])}.{hint}")
+        raise CheckpointError(f"{where}: {len(keys)} of its trained weights have no place in this model, e.g. {', '.join(keys[:3])}.{hint}")

@@ -13,6 +13,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from lavislite.common.errors import DataError
+
 IGNORE_INDEX = -100
 
 
@@ -27,7 +29,7 @@ def check_labels(input_ids: torch.Tensor, labels: torch.Tensor, ids: Any = None)
     if bool(bad.any()):
         rows = sorted(set(bad.nonzero()[:, 0].tolist()))
         names = [ids[r] for r in rows] if ids is not None else rows
-        raise ValueError(f"labels do not match input_ids at supervised positions in sample(s) {names}")
+        raise DataError(f"labels do not match input_ids at supervised positions in sample(s) {names}")
 
 
 def supervised_cross_entropy(
@@ -51,7 +53,7 @@ def supervised_cross_entropy(
     keep = targets != IGNORE_INDEX
     n_tokens = keep.sum()
     if int(n_tokens) == 0:
-        raise ValueError(f"batch {ids}: no supervised token (every label is {IGNORE_INDEX}); check the templates/truncation")
+        raise DataError(f"batch {ids}: no supervised token (every label is {IGNORE_INDEX}); check the templates/truncation")
     logits = lm_head(hidden[:, :-1][keep]).float()
     return F.cross_entropy(logits, targets[keep]), n_tokens
 

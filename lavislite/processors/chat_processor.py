@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from lavislite.common.registry import registry
+from lavislite.common.errors import DataError
 from lavislite.common.schema import validate
 from lavislite.processors.base_processor import BaseProcessor
 from lavislite.processors.tokenizers import load_tokenizer
@@ -22,7 +23,7 @@ from lavislite.processors.tokenizers import load_tokenizer
 IGNORE_INDEX = -100
 
 
-class SampleError(ValueError):
+class SampleError(DataError):
     """A sample is malformed; the message names the sample id."""
 
 

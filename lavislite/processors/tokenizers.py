@@ -16,6 +16,7 @@ import tempfile
 from typing import Any
 
 from lavislite.common.utils import default_cache_root
+from lavislite.common.errors import UserError
 
 BUILTIN_QWEN = "builtin:qwen2.5"
 
@@ -69,7 +70,7 @@ KNOWN_ENCODINGS: list[tuple[str, list[int]]] = [
 ]
 
 
-class TokenizerError(RuntimeError):
+class TokenizerError(UserError, RuntimeError):
     """The tokenizer could not be loaded or does not match the expected ids."""
 
 

@@ -1,5 +1,6 @@
-"""Runners (registered by name): the training / evaluation loops."""
+"""Runners (registered by name): the training loops, epoch-based and iteration-based."""
 
 from lavislite.runners.runner_base import RunnerBase
+from lavislite.runners.runner_iter import RunnerIter
 
-__all__ = ["RunnerBase"]
+__all__ = ["RunnerBase", "RunnerIter"]

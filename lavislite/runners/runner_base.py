@@ -1,40 +1,41 @@
 """runner_base: the epoch-based DeepSpeed training loop.
 
-``train()`` reads top to bottom: ``setup()`` (output folder, data loaders,
-engine, writers, resume) and then a written-out loop over epochs and batches.
-The runner owns the DeepSpeed engine; the same code runs on CUDA (nccl) and on
-a CPU (``DS_ACCELERATOR=cpu``, gloo).
+``train()`` reads top to bottom: ``setup()`` (run folder, data loader, engine,
+writers, resume), then a written-out loop over epochs, each followed by
+validation and a checkpoint, then the test splits and the release. The runner
+owns the DeepSpeed engine; the same code runs on CUDA (nccl) and on a CPU
+(``DS_ACCELERATOR=cpu``, gloo).
+
+What a run survives: a kill at any moment (atomic step and epoch checkpoints,
+``run.resume: auto``), ranks that see different data (every rank joins the
+same collectives), a non-finite loss (``run.on_nonfinite_loss``).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import random
+import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from lavislite.common import dist_utils
 from lavislite.common.config import Config
+from lavislite.common.errors import MissingFileError
 from lavislite.common.logger import JsonlWriter, logger
 from lavislite.common.optims import SchedulerArgs
 from lavislite.common.registry import registry
 from lavislite.common.schema import ConfigError
 from lavislite.datasets.datasets.samplers import EpochShardSampler, SeededSamples, worker_init
-
-# Keys of a DeepSpeed config that the runner owns, with the run keys to use instead.
-RUNNER_OWNED_DS_KEYS = {
-    "optimizer": "run.init_lr, run.weight_decay, run.beta2 and run.part_lr (the optimizer is AdamW over trainable parameters)",
-    "scheduler": "run.lr_sched, run.init_lr, run.min_lr, run.warmup_lr and run.warmup_steps",
-}
+from lavislite.runners import checkpoints as ckpt
+from lavislite.runners.deepspeed_config import build_deepspeed_config, fill_deepspeed_config
 
 
 @dataclass
@@ -58,6 +59,7 @@ class RunnerConfig:
     warmup_lr: float = 0.0
     warmup_steps: int = 0
     lr_sched: str = "linear_warmup_cosine_lr"
+    lr_decay_rate: float = 0.9  # linear_warmup_step_lr: lr x this per epoch
     weight_decay: float = 0.05
     # A learning rate per model part (vit, ln_vision, qformer, queries, proj, llm);
     # parts not named use init_lr. Schedules scale every part alike.
@@ -72,134 +74,54 @@ class RunnerConfig:
     # data
     num_workers: int = 2
     train_splits: list[str] = field(default_factory=lambda: ["train"])
+    # validation every val_freq epochs (best weights by agg_metrics); test splits at the end, with the best weights
     valid_splits: list[str] = field(default_factory=list)
     test_splits: list[str] = field(default_factory=list)
+    val_freq: int = 1
     # logging / checkpoints
     log_freq: int = 10
     save_freq_epochs: int = 1
+    save_freq_steps: int = 0  # also a checkpoint every N optimizer steps (0: epoch ends only)
+    keep_last: int = 0  # keep the newest N complete checkpoints (0: all)
     tensorboard: bool = True
-    resume_ckpt_path: str | None = None
+    resume: Literal["", "auto"] = ""  # auto: continue from the run folder's latest complete checkpoint
+    resume_ckpt_path: str | None = None  # or from this checkpoint folder
     dist_backend: str | None = None  # default: nccl on CUDA, gloo on CPU
+    # A collective that waits longer than this fails (every rank exits) instead of hanging.
+    dist_timeout_minutes: float = 30.0
+    # A non-finite loss: stop (naming the step and samples), or skip the batch (zero gradient) up to max_nonfinite_steps times.
+    on_nonfinite_loss: Literal["stop", "skip"] = "stop"
+    max_nonfinite_steps: int = 10
 
     @staticmethod
     def check_section(data: dict[str, Any]) -> list[str]:
         """Cross-key rules of the run section (messages relative to ``run``)."""
         problems = []
-        if data["accum_grad_iters"] < 1:
-            problems.append(f"accum_grad_iters: must be at least 1, got {data['accum_grad_iters']}")
+        for key in ("accum_grad_iters", "log_freq", "val_freq", "save_freq_epochs", "batch_size_train", "batch_size_eval"):
+            if data[key] < 1:
+                problems.append(f"{key}: must be at least 1, got {data[key]}")
+        if problems:
             return problems
+        if data["resume"] and data["resume_ckpt_path"]:
+            problems.append("resume: 'auto' and resume_ckpt_path both set; pick one")
         # The DeepSpeed config is checked now, not after the model is built;
         # the world size comes from the launcher's environment.
         _, ds_problems = build_deepspeed_config(OmegaConf.create(data), int(os.environ.get("WORLD_SIZE", 1)))
         return problems + ds_problems
 
 
-# DeepSpeed keys the run section already states, with the run key they come from.
-def build_deepspeed_config(run: Any, world_size: int) -> tuple[dict[str, Any], list[str]]:
-    """Builds the DeepSpeed config: file < inline < run values for "auto"/missing fields.
-
-    Args:
-        run: the ``run`` section (attribute access: a DictConfig or dataclass).
-        world_size: the number of processes (for ``train_batch_size``).
-
-    Returns:
-        The config and its problems, each message relative to ``run``: a key the
-        runner owns (``optimizer``, ``scheduler``), a concrete value that
-        contradicts the run section, an unreadable JSON file.
-    """
-    ds: dict[str, Any] = {}
-    problems: list[str] = []
-    if run.deepspeed_config_path:
-        try:
-            with open(run.deepspeed_config_path, encoding="utf-8") as fh:
-                ds = json.load(fh)
-        except (OSError, json.JSONDecodeError) as exc:
-            return {}, [f"deepspeed_config_path: cannot read {run.deepspeed_config_path}: {exc}"]
-    inline = OmegaConf.to_container(run.deepspeed_config, resolve=True) if not isinstance(run.deepspeed_config, dict) else run.deepspeed_config
-    ds = _deep_merge(ds, copy.deepcopy(inline))
-    # DeepSpeed would accept these and then ignore them (the runner passes its own).
-    for key, instead in RUNNER_OWNED_DS_KEYS.items():
-        if key in ds:
-            where = "deepspeed_config" if key in inline else f"deepspeed_config_path ({run.deepspeed_config_path})"
-            problems.append(f"{where}: '{key}' is not used, the runner builds the {key}; set {instead} instead")
-
-    def fill(keys: tuple[str, ...], value: Any, run_key: str, shown: Any = None) -> None:
-        node = ds
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        current = node.get(keys[-1], "auto")
-        if current == "auto" or current is None:
-            node[keys[-1]] = value
-        elif current != value:
-            problems.append(
-                f"deepspeed_config.{'.'.join(keys)} = {current!r} contradicts run.{run_key} = {value if shown is None else shown!r}; "
-                f"set one of them (or 'auto')"
-            )
-
-    fill(("train_micro_batch_size_per_gpu",), int(run.batch_size_train), "batch_size_train")
-    fill(("gradient_accumulation_steps",), int(run.accum_grad_iters), "accum_grad_iters")
-    fill(("train_batch_size",), int(run.batch_size_train) * int(run.accum_grad_iters) * world_size, "batch_size_train x accum_grad_iters x world size")
-    fill(("gradient_clipping",), float(run.grad_clip), "grad_clip")
-    fill(("bf16", "enabled"), run.precision == "bf16", "precision", run.precision)
-    fill(("fp16", "enabled"), run.precision == "fp16", "precision", run.precision)
-    # The optimizer is ours (only trainable parameters, per-part groups); ZeRO
-    # accepts it with this flag.
-    ds.setdefault("zero_allow_untested_optimizer", True)
-    ds.setdefault("steps_per_print", 10**9)
-    ds.setdefault("zero_optimization", {}).setdefault("stage", 0)
-    return ds, problems
-
-
-def fill_deepspeed_config(run: Any, world_size: int) -> dict[str, Any]:
-    """``build_deepspeed_config`` that raises on any problem.
-
-    Raises:
-        ConfigError: naming each problem's ``run.`` key.
-    """
-    ds, problems = build_deepspeed_config(run, world_size)
-    if problems:
-        raise ConfigError([f"run.{p}" for p in problems])
-    return ds
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            base[k] = _deep_merge(base[k], v)
-        else:
-            base[k] = v
-    return base
+class NonFiniteLossError(FloatingPointError):
+    """The loss was NaN or infinite (``run.on_nonfinite_loss: stop``, or too many skips)."""
 
 
 def set_seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """This process's random states (Python, NumPy, torch CPU and CUDA), loadable with ``weights_only=True``."""
-    version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
-    state: dict[str, Any] = {
-        "python": [version, list(mt), gauss],
-        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restores what ``rng_state`` returned."""
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, init_lr: float, part_lr: dict[str, float] | None = None) -> list[dict[str, Any]]:
@@ -236,7 +158,7 @@ class RunnerBase:
 
     Args:
         cfg: the validated run config.
-        task: the task (its ``train_step`` is called per batch).
+        task: the task (``train_step`` per batch, ``evaluation`` per split).
         model: the model (not yet wrapped).
         datasets: ``{name: {split: Dataset}}``.
         job_id: the output sub-folder name.
@@ -252,9 +174,15 @@ class RunnerBase:
         self.datasets = datasets
         self.job_id = job_id
         self.output_dir = os.path.join(self.run.output_dir, job_id)
+        self.ckpt_root = os.path.join(self.output_dir, "checkpoints")
         self.engine: Any = None
+        # where training stands (what a checkpoint records)
         self.global_step = 0
         self.start_epoch = 0
+        self.start_batch = 0  # batches of start_epoch already trained (mid-epoch resume)
+        self.best_metric: float | None = None
+        self.nonfinite_steps = 0
+        self.reference_batch: dict[str, Any] | None = None
 
     # -- set-up, in order -------------------------------------------------------
     def setup(self) -> None:
@@ -262,13 +190,16 @@ class RunnerBase:
         self.setup_dataloader()
         self.setup_engine()
         self.setup_writers()
-        if self.run.resume_ckpt_path:
-            self.resume(self.run.resume_ckpt_path)
+        self.setup_resume()
 
     def setup_output_dir(self) -> None:
         if dist_utils.is_main_process():
             os.makedirs(self.output_dir, exist_ok=True)
-            self.cfg.save(os.path.join(self.output_dir, "config.yaml"))
+            path = os.path.join(self.output_dir, "config.yaml")
+            if os.path.exists(path) and self.run.resume:
+                logger.info("resuming into %s: its config.yaml is kept", self.output_dir)
+            else:
+                self.cfg.save(path)
         dist_utils.barrier()
 
     def setup_dataloader(self) -> None:
@@ -296,7 +227,7 @@ class RunnerBase:
             generator=torch.Generator().manual_seed(self.run.seed),
         )
         accum = self.run.accum_grad_iters
-        batches = len(self.train_loader)
+        batches = self.sampler.per_rank() // self.run.batch_size_train
         if batches < accum:
             raise ConfigError(
                 [
@@ -313,18 +244,24 @@ class RunnerBase:
         if self.batches_per_epoch < batches:
             logger.info("the last %d batch(es) of each epoch are dropped (a partial accumulation window)", batches - self.batches_per_epoch)
 
+    def plan_steps(self) -> int:
+        """How many optimizer steps the run takes (the lr schedule's length)."""
+        max_steps = self.steps_per_epoch * self.run.max_epoch
+        return min(max_steps, self.run.max_steps) if self.run.max_steps is not None else max_steps
+
     def setup_engine(self) -> None:
         import deepspeed
 
+        from lavislite.runners.launch import prepare_deepspeed
+
+        prepare_deepspeed(dist_utils.get_world_size())
         ds_config = fill_deepspeed_config(self.run, dist_utils.get_world_size())
         self.ds_config = ds_config
-        steps_per_epoch = self.steps_per_epoch
-        self.max_steps = steps_per_epoch * self.run.max_epoch
-        if self.run.max_steps is not None:
-            self.max_steps = min(self.max_steps, self.run.max_steps)
+        self.zero_stage = int(ds_config["zero_optimization"]["stage"])
+        self.max_steps = self.plan_steps()
         groups = param_groups(self.model, self.run.weight_decay, self.run.init_lr, self.run.part_lr)
         if not groups:
-            raise ValueError("no trainable parameters: every part is frozen (see the model.freeze_* switches)")
+            raise ConfigError(["model: no trainable parameters: every part is frozen (see the model.freeze_* switches)"])
         optimizer = torch.optim.AdamW(groups, lr=self.run.init_lr, betas=(0.9, self.run.beta2))
         sched_cls = registry.get_lr_scheduler_class(self.run.lr_sched)
         sched_args = SchedulerArgs(
@@ -333,6 +270,8 @@ class RunnerBase:
             min_lr=self.run.min_lr,
             warmup_lr=self.run.warmup_lr,
             warmup_steps=self.run.warmup_steps,
+            steps_per_epoch=self.steps_per_epoch,
+            decay_rate=self.run.lr_decay_rate,
         )
         self.engine, self.optimizer, _, self.lr_scheduler = deepspeed.initialize(
             model=self.model,
@@ -343,22 +282,34 @@ class RunnerBase:
         )
         logger.info(
             "DeepSpeed ZeRO-%s, %s, world size %d, %d optimizer steps (%d per epoch)",
-            ds_config["zero_optimization"]["stage"],
+            self.zero_stage,
             self.run.precision,
             dist_utils.get_world_size(),
             self.max_steps,
-            steps_per_epoch,
+            self.steps_per_epoch,
         )
 
     def setup_writers(self) -> None:
         self.metrics: JsonlWriter | None = None
         self.tb: Any = None
         if dist_utils.is_main_process():
+            # Appends: a resumed run continues the same file.
             self.metrics = JsonlWriter(os.path.join(self.output_dir, "metrics.jsonl"))
             if self.run.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(os.path.join(self.output_dir, "tensorboard"))
+
+    def setup_resume(self) -> None:
+        """Loads ``run.resume_ckpt_path``, or with ``run.resume: auto`` the run folder's latest complete checkpoint."""
+        if self.run.resume_ckpt_path:
+            self.resume(self.run.resume_ckpt_path)
+        elif self.run.resume == "auto":
+            found = ckpt.latest_complete(self.ckpt_root)
+            if found is None:
+                logger.info("run.resume=auto: no complete checkpoint in %s; starting from the beginning", self.ckpt_root)
+            else:
+                self.resume(found)
 
     # -- the loop -----------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -367,13 +318,15 @@ class RunnerBase:
         start = time.time()
         last: dict[str, Any] = {}
         for epoch in range(self.start_epoch, self.run.max_epoch):
-            last = self.train_epoch(epoch) or last
-            if (epoch + 1) % self.run.save_freq_epochs == 0 or epoch + 1 == self.run.max_epoch or self.done:
-                self.save_checkpoint(epoch)
             if self.done:
                 break
-        self.save_release()
-        self.close()
+            first_batch = self.start_batch if epoch == self.start_epoch else 0
+            last = self.train_steps(self.epoch_batches(epoch, first_batch), self.max_steps) or last
+            if self.run.valid_splits and ((epoch + 1) % self.run.val_freq == 0 or epoch + 1 == self.run.max_epoch or self.done):
+                self.validate(epoch)
+            if (epoch + 1) % self.run.save_freq_epochs == 0 or epoch + 1 == self.run.max_epoch or self.done:
+                self.save_checkpoint(f"epoch_{epoch}", next_epoch=epoch + 1, next_batch=0)
+        self.finish()
         logger.info("training finished in %.1fs; outputs in %s", time.time() - start, self.output_dir)
         return {"output_dir": self.output_dir, "global_step": self.global_step, **last}
 
@@ -381,28 +334,47 @@ class RunnerBase:
     def done(self) -> bool:
         return self.global_step >= self.max_steps
 
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
-        self.sampler.set_epoch(epoch)
+    def epoch_batches(self, epoch: int, first_batch: int = 0) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """``(epoch, batch index, batch)`` for the whole accumulation windows of one epoch, from ``first_batch`` on."""
+        self.sampler.set_epoch(epoch, start=first_batch * self.run.batch_size_train)
+        for i, samples in enumerate(self.train_loader, start=first_batch):
+            if i >= self.batches_per_epoch:
+                break  # a partial accumulation window (see setup_dataloader)
+            yield epoch, i, samples
+
+    def train_steps(self, batches: Iterator[tuple[int, int, dict[str, Any]]], until_step: int) -> dict[str, Any]:
+        """Trains on ``batches`` until ``global_step`` reaches ``until_step`` or they run out.
+
+        Every micro-batch is one forward/backward; every ``accum_grad_iters``-th
+        ends an optimizer step, which is logged every ``log_freq`` steps and
+        checkpointed every ``save_freq_steps`` steps.
+        """
         self.engine.train()
         accum = self.run.accum_grad_iters
         window = self._new_window()
         t0 = time.time()
         last: dict[str, Any] = {}
-        bar = self._progress(self.batches_per_epoch, epoch)
-        for i, samples in enumerate(self.train_loader):
-            if i >= self.batches_per_epoch:
-                break  # a partial accumulation window (see setup_dataloader)
-            boundary = (i + 1) % accum == 0
+        bar = self._progress(self.batches_per_epoch)
+        in_window = 0
+        step_info: dict[str, Any] = {"data_wait": 0.0, "samples": 0, "losses": []}
+        iterator = iter(batches)
+        while True:
+            wait_start = time.perf_counter()
+            try:
+                epoch, index, samples = next(iterator)
+            except StopIteration:
+                break
+            step_info["data_wait"] += time.perf_counter() - wait_start
+            in_window += 1
+            boundary = in_window == accum
             if boundary != self.engine.is_gradient_accumulation_boundary():
-                raise RuntimeError(f"accumulation out of step with DeepSpeed at epoch {epoch}, batch {i}")
-            out = self.task.train_step(self.engine, samples)
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}, batch {samples.get('ids')}")
-            self.engine.backward(loss)
-            self.engine.step()
-            window["loss"] += float(loss.detach())
-            window["batches"] += 1
+                raise RuntimeError(f"accumulation out of step with DeepSpeed at epoch {epoch}, batch {index}")
+            loss = self.forward_backward(samples)
+            step_info["samples"] += len(samples["input_ids"])
+            step_info["losses"].append(loss)
+            if loss is not None:
+                window["loss"] += loss
+                window["batches"] += 1
             window["samples"] += len(samples["input_ids"])
             window["real"] += int(samples["attention_mask"].sum())
             window["padded"] += int(samples["attention_mask"].numel())
@@ -410,18 +382,67 @@ class RunnerBase:
                 bar.update(1)
             if not boundary:
                 continue
+            in_window = 0
             self.global_step += 1
-            if self.global_step % self.run.log_freq == 0 or self.done:
+            self.on_step_end({"step": self.global_step, "epoch": epoch, **step_info, "last_batch": samples})
+            step_info = {"data_wait": 0.0, "samples": 0, "losses": []}
+            if self.global_step % self.run.log_freq == 0 or self.global_step >= until_step:
                 last = self.log_window(epoch, window, time.time() - t0)
-                if bar is not None:
+                if bar is not None and last["loss"] is not None:
                     bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
                 window = self._new_window()
                 t0 = time.time()
-            if self.done:
+            if self.global_step >= until_step:
                 break
+            if self.run.save_freq_steps and self.global_step % self.run.save_freq_steps == 0:
+                self.save_step_checkpoint(epoch, index + 1)
         if bar is not None:
             bar.close()
         return last
+
+    def on_step_end(self, info: dict[str, Any]) -> None:
+        """Called on every rank after each optimizer step (a hook for benchmarks and integrations).
+
+        Args:
+            info: ``step``, ``epoch``, ``samples`` (this rank's, this step),
+                ``losses`` (per micro-batch; None where skipped), ``data_wait``
+                (seconds this rank waited for batches) and ``last_batch``.
+        """
+
+    def save_step_checkpoint(self, epoch: int, next_batch: int) -> None:
+        """A mid-epoch checkpoint; one at the epoch's very end is left to the epoch checkpoint."""
+        if next_batch < self.batches_per_epoch:
+            self.save_checkpoint(f"step_{self.global_step}", next_epoch=epoch, next_batch=next_batch)
+
+    def forward_backward(self, samples: dict[str, Any]) -> float | None:
+        """One micro-batch; returns its loss, or None when a non-finite loss was skipped.
+
+        Every rank learns whether any rank's loss is non-finite, so all take the
+        same path: ``stop`` raises naming the step and the samples; ``skip``
+        backpropagates a zero-weighted loss of a known-good batch instead, so
+        the batch adds a zero gradient and every collective still runs.
+        """
+        out = self.task.train_step(self.engine, samples)
+        loss = out["loss"]
+        bad_here = not bool(torch.isfinite(loss.detach()))
+        if self.reference_batch is None and not bad_here:
+            self.reference_batch = samples
+        bad = dist_utils.any_rank(bad_here)
+        if bad:
+            ids = [i for rank_ids in dist_utils.all_gather_object(list(samples.get("ids") or []) if bad_here else []) for i in rank_ids]
+            step = self.global_step + 1
+            if self.run.on_nonfinite_loss == "stop":
+                raise NonFiniteLossError(f"non-finite loss at optimizer step {step}, in the batch of sample(s) {ids} (run.on_nonfinite_loss=stop)")
+            self.nonfinite_steps += 1
+            logger.warning("non-finite loss at optimizer step %d (samples %s): batch skipped (%d so far)", step, ids, self.nonfinite_steps)
+            if self.nonfinite_steps > self.run.max_nonfinite_steps:
+                raise NonFiniteLossError(f"{self.nonfinite_steps} non-finite losses, more than run.max_nonfinite_steps={self.run.max_nonfinite_steps}; last at step {step}, samples {ids}")
+            if self.reference_batch is None:
+                raise NonFiniteLossError(f"non-finite loss at step {step} before any finite batch; nothing to skip with (samples {ids})")
+            loss = 0.0 * self.task.train_step(self.engine, self.reference_batch)["loss"]
+        self.engine.backward(loss)
+        self.engine.step()
+        return None if bad else float(loss.detach())
 
     @staticmethod
     def _new_window() -> dict[str, float]:
@@ -431,15 +452,12 @@ class RunnerBase:
     def log_window(self, epoch: int, window: dict[str, Any], elapsed: float) -> dict[str, Any]:
         """Averages the window over all ranks and writes one metrics record (rank 0)."""
         stats = torch.tensor([window["loss"], window["batches"], window["samples"], window["real"], window["padded"]], dtype=torch.float64)
-        if dist_utils.is_dist_avail_and_initialized():
-            import torch.distributed as dist
-
-            dist.all_reduce(stats)
+        stats = dist_utils.all_reduce_sum(stats)
         loss_sum, batches, n_samples, real, padded = stats.tolist()
         record = {
             "step": self.global_step,
             "epoch": epoch,
-            "loss": loss_sum / max(batches, 1),
+            "loss": loss_sum / batches if batches else None,  # None: every batch of the interval was skipped
             "lr": float(self.lr_scheduler.get_last_lr()[0]),
             "samples": int(n_samples),  # in this interval, all ranks
             # With per-part rates, each part's current rate too (lr/proj, lr/llm, ...).
@@ -447,77 +465,204 @@ class RunnerBase:
             "samples_per_sec": n_samples / max(elapsed, 1e-9),
             "tokens_per_sec": real / max(elapsed, 1e-9),
             "real_token_fraction": real / max(padded, 1),
+            "nonfinite_skipped": self.nonfinite_steps,
         }
         if dist_utils.is_main_process():
+            loss_text = "n/a (skipped)" if record["loss"] is None else f"{record['loss']:.4f}"
             logger.info(
-                "epoch %d step %d/%d  loss %.4f  lr %.3e  %.1f samples/s  %.0f tokens/s",
-                epoch, self.global_step, self.max_steps, record["loss"], record["lr"], record["samples_per_sec"], record["tokens_per_sec"],
+                "epoch %d step %d/%d  loss %s  lr %.3e  %.1f samples/s  %.0f tokens/s",
+                epoch, self.global_step, self.max_steps, loss_text, record["lr"], record["samples_per_sec"], record["tokens_per_sec"],
             )
-            assert self.metrics is not None
-            self.metrics.write(record)
-            if self.tb is not None:
-                for key in ("loss", "lr", "samples_per_sec", "tokens_per_sec"):
-                    self.tb.add_scalar(f"train/{key}", record[key], self.global_step)
-                self.tb.flush()
+            scalars = {k: record[k] for k in ("loss", "lr", "samples_per_sec", "tokens_per_sec") if record[k] is not None}
+            self._write_record(record, "train", scalars)
         return record
 
-    def _progress(self, total: int, epoch: int) -> Any:
+    def _write_record(self, record: dict[str, Any], prefix: str, scalars: tuple[str, ...] | dict[str, float]) -> None:
+        assert self.metrics is not None
+        self.metrics.write(record)
+        if self.tb is not None:
+            items = scalars.items() if isinstance(scalars, dict) else ((k, record[k]) for k in scalars)
+            for key, value in items:
+                self.tb.add_scalar(f"{prefix}/{key}", value, self.global_step)
+            self.tb.flush()
+
+    def _progress(self, total: int) -> Any:
         # A live bar on an interactive terminal; logs and CI get the interval lines only.
         if not dist_utils.is_main_process() or not sys.stderr.isatty():
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=f"epoch {epoch}", dynamic_ncols=True)
+        return tqdm(total=total, desc=f"step {self.global_step}", dynamic_ncols=True, leave=False)
 
-    # -- checkpoints -----------------------------------------------------------------
-    def save_checkpoint(self, epoch: int) -> None:
-        """A DeepSpeed checkpoint (every rank) plus each rank's own random state, for exact resume."""
-        state = {"epoch": epoch, "global_step": self.global_step}
-        tag_dir = os.path.join(self.output_dir, "checkpoints", f"epoch_{epoch}")
-        self.engine.save_checkpoint(os.path.join(self.output_dir, "checkpoints"), tag=f"epoch_{epoch}", client_state=state)
-        # DeepSpeed writes client_state into rank 0's file only (ZeRO 0-2), so
-        # every rank keeps its random streams (seeded seed + rank) in its own file.
-        torch.save(rng_state(), os.path.join(tag_dir, f"rng_state_rank{dist_utils.get_rank()}.pt"))
+    # -- validation and test ------------------------------------------------------------
+    def split_list(self, splits: list[str]) -> list[tuple[str, Dataset]]:
+        """``("dataset/split", Dataset)`` for each named split that a dataset has."""
+        return [(f"{name}/{split}", by_split[split]) for name, by_split in self.datasets.items() for split in splits if split in by_split]
+
+    def evaluate_splits(self, splits: list[str], output_dir: str | None) -> dict[str, dict[str, Any]]:
+        """Scores each split with the task; every rank joins (ZeRO-3 ranks step in lockstep)."""
+        return {
+            key: self.task.evaluation(
+                self.engine.module, ds, key, self.run.batch_size_eval, self.run.num_workers, output_dir, lockstep=self.zero_stage == 3
+            )
+            for key, ds in self.split_list(splits)
+        }
+
+    def validate(self, epoch: int) -> None:
+        """Scores ``run.valid_splits``, logs the metrics, keeps the best weights by ``agg_metrics``."""
+        results = self.evaluate_splits(list(self.run.valid_splits), output_dir=None)
+        if not results:
+            return
+        agg = sum(float(m["agg_metrics"]) for m in results.values()) / len(results)
+        improved = self.best_metric is None or agg > self.best_metric
+        if dist_utils.is_main_process():
+            scalars = {f"{key}/{k}": float(v) for key, m in results.items() for k, v in m.items() if isinstance(v, (int, float))}
+            self._write_record({"step": self.global_step, "epoch": epoch, "valid": results, "agg_metrics": agg, "best": improved}, "valid", scalars)
+            logger.info("validation at step %d: agg_metrics %.4f%s", self.global_step, agg, " (best so far)" if improved else "")
+        if improved:
+            self.best_metric = agg
+            self.save_best()
+
+    def save_best(self) -> None:
+        """The trainable weights of the best validation so far, in ``<run>/best/`` (written atomically)."""
+        state = self.gather_trainable()
+        if dist_utils.is_main_process():
+            from safetensors.torch import save_file
+
+            final = os.path.join(self.output_dir, "best")
+            tmp = f"{final}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(tmp, "model.safetensors"))
+            with open(os.path.join(tmp, "info.json"), "w", encoding="utf-8") as fh:
+                json.dump({"global_step": self.global_step, "agg_metrics": self.best_metric}, fh)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
         dist_utils.barrier()
-        logger.info("saved checkpoint epoch_%d", epoch)
 
-    def resume(self, path: str) -> None:
-        """Continues from a DeepSpeed checkpoint folder (``.../checkpoints/epoch_N``)."""
-        load_dir, tag = os.path.split(os.path.normpath(path))
-        # DeepSpeed asserts (no message) on a missing folder; say what is wrong.
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")
-        _, client = self.engine.load_checkpoint(load_dir, tag=tag)
-        if client is None:
-            raise FileNotFoundError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")
-        self.start_epoch = int(client["epoch"]) + 1
-        self.global_step = int(client["global_step"])
-        rng_file = os.path.join(path, f"rng_state_rank{dist_utils.get_rank()}.pt")
-        if os.path.exists(rng_file):
-            set_rng_state(torch.load(rng_file, weights_only=True))
-        else:
-            logger.warning("%s has no random state for rank %d: random streams restart from the seed", path, dist_utils.get_rank())
-        logger.info("resumed from %s at epoch %d, step %d", path, self.start_epoch, self.global_step)
+    def finish(self) -> None:
+        """After the last step: the best weights back in place, the test splits, the release."""
+        best_file = os.path.join(self.output_dir, "best", "model.safetensors")
+        if self.run.valid_splits and os.path.exists(best_file):
+            from safetensors.torch import load_file
+
+            self.load_trainable(load_file(best_file))
+            with open(os.path.join(self.output_dir, "best", "info.json"), encoding="utf-8") as fh:
+                logger.info("using the best weights (step %d, agg_metrics %.4f) for testing and the release", *json.load(fh).values())
+        if self.run.test_splits:
+            results = self.evaluate_splits(list(self.run.test_splits), output_dir=self.output_dir)
+            if dist_utils.is_main_process() and results:
+                from lavislite.tasks.base_task import write_json
+
+                write_json(os.path.join(self.output_dir, "metrics.json"), results)
+                scalars = {f"{key}/{k}": float(v) for key, m in results.items() for k, v in m.items() if isinstance(v, (int, float))}
+                self._write_record({"step": self.global_step, "test": results}, "test", scalars)
+        self.save_release()
+        self.close()
+
+    # -- weights ---------------------------------------------------------------------------
+    def gather_trainable(self) -> dict[str, torch.Tensor]:
+        """The trainable weights as full fp32 CPU tensors on rank 0 (gathered under ZeRO-3); empty elsewhere."""
+        import deepspeed
+
+        trainable = [(n, p) for n, p in self.engine.module.named_parameters() if p.requires_grad]
+        state: dict[str, torch.Tensor] = {}
+        with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None, enabled=self.zero_stage == 3):
+            if dist_utils.is_main_process():
+                state = {n: p.detach().float().cpu().clone() for n, p in trainable}
+        return state
+
+    def load_trainable(self, state: dict[str, torch.Tensor]) -> None:
+        """Copies trainable weights into the engine's module (and its ZeRO-3 partitions) on every rank."""
+        import deepspeed
+
+        params = dict(self.engine.module.named_parameters())
+        with deepspeed.zero.GatheredParameters([params[k] for k in state], modifier_rank=0, enabled=self.zero_stage == 3):
+            if dist_utils.is_main_process() or self.zero_stage != 3:
+                with torch.no_grad():
+                    for key, value in state.items():
+                        params[key].copy_(value.to(params[key].dtype))
 
     def save_release(self) -> None:
         """A small file with only the trainable weights (gathered under ZeRO-3) and the config."""
-        import deepspeed
-
-        module = self.engine.module
-        trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        state: dict[str, torch.Tensor] = {}
-        with deepspeed.zero.GatheredParameters([p for _, p in trainable], modifier_rank=None, enabled=self.ds_config["zero_optimization"]["stage"] == 3):
-            if dist_utils.is_main_process():
-                state = {n: p.detach().float().cpu().clone() for n, p in trainable}
+        state = self.gather_trainable()
         if dist_utils.is_main_process():
             path = os.path.join(self.output_dir, "checkpoint_release.pth")
             torch.save({"model": state, "config": OmegaConf.to_container(self.cfg.config), "global_step": self.global_step}, path)
             logger.info("saved %d trainable tensors to %s", len(state), path)
         dist_utils.barrier()
 
+    # -- checkpoints -----------------------------------------------------------------
+    def trainer_state(self, next_epoch: int, next_batch: int) -> dict[str, Any]:
+        """Where training stands: the epoch and batch to continue from, the step, the best metric."""
+        return {
+            "epoch": next_epoch,
+            "batch": next_batch,
+            "global_step": self.global_step,
+            "best_metric": self.best_metric,
+            "nonfinite_steps": self.nonfinite_steps,
+            "world_size": dist_utils.get_world_size(),
+        }
+
+    def save_checkpoint(self, tag: str, next_epoch: int, next_batch: int) -> None:
+        """An atomic checkpoint (every rank writes; rank 0 marks it complete last).
+
+        Args:
+            tag: the folder name under ``checkpoints/``.
+            next_epoch / next_batch: where a resume continues (batches of
+                ``next_epoch`` already trained).
+        """
+        tag_dir = os.path.join(self.ckpt_root, tag)
+        if dist_utils.is_main_process() and os.path.isdir(tag_dir):
+            shutil.rmtree(tag_dir)  # an earlier, unfinished attempt at the same step
+        dist_utils.barrier()
+        # Frozen weights are not saved: they come from the model's own sources
+        # (a 7B frozen LLM would otherwise be written at every checkpoint).
+        self.engine.save_checkpoint(self.ckpt_root, tag=tag, client_state={}, save_latest=False, exclude_frozen_parameters=True)
+        # DeepSpeed keeps client state in rank 0's file only (ZeRO 0-2), so every
+        # rank keeps its random streams (seeded seed + rank) in its own file.
+        torch.save(ckpt.rng_state(), ckpt.rng_file(tag_dir, dist_utils.get_rank()))
+        self.checkpoint_written(tag_dir)
+        dist_utils.barrier()
+        if dist_utils.is_main_process():
+            ckpt.mark_complete(self.ckpt_root, tag, self.trainer_state(next_epoch, next_batch))
+            removed = ckpt.prune(self.ckpt_root, self.run.keep_last, protect={tag})
+            logger.info("saved checkpoint %s%s", tag, f" (removed {', '.join(removed)})" if removed else "")
+        dist_utils.barrier()
+
+    def checkpoint_written(self, tag_dir: str) -> None:
+        """Called on every rank after its files are written, before the checkpoint is marked complete."""
+
+    def resume(self, path: str) -> None:
+        """Continues from a complete checkpoint folder (``.../checkpoints/<tag>``).
+
+        Raises:
+            MissingFileError: no checkpoint there, or one whose write never finished.
+        """
+        path = os.path.normpath(path)
+        load_dir, tag = os.path.split(path)
+        # DeepSpeed asserts (no message) on a missing folder; say what is wrong.
+        if not os.path.isdir(path):
+            raise MissingFileError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")
+        if not ckpt.is_complete(path):
+            raise MissingFileError(f"run.resume_ckpt_path: {path} is incomplete (no {ckpt.MARKER} marker: its write did not finish); pick an earlier one")
+        loaded, _ = self.engine.load_checkpoint(load_dir, tag=tag, load_module_strict=False)
+        if loaded is None:
+            raise MissingFileError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")
+        state = ckpt.read_trainer_state(path)
+        self.start_epoch, self.start_batch = int(state["epoch"]), int(state["batch"])
+        self.global_step = int(state["global_step"])
+        self.best_metric = state.get("best_metric")
+        self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        rng_path = ckpt.rng_file(path, dist_utils.get_rank())
+        if os.path.exists(rng_path):
+            ckpt.set_rng_state(torch.load(rng_path, weights_only=True))
+        else:
+            logger.warning("%s has no random state for rank %d (another world size?): random streams restart from the seed", path, dist_utils.get_rank())
+        logger.info("resumed from %s at epoch %d, batch %d, step %d", path, self.start_epoch, self.start_batch, self.global_step)
+
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
         if self.tb is not None:
             self.tb.close()
-

@@ -3,8 +3,9 @@
 from lavislite.common.config import Config
 from lavislite.common.registry import registry
 from lavislite.tasks.base_task import BaseTask, ImageTextPretrainTask
+from lavislite.tasks.generation_tasks import CaptionTask, VQATask
 
-__all__ = ["BaseTask", "ImageTextPretrainTask", "setup_task"]
+__all__ = ["BaseTask", "CaptionTask", "ImageTextPretrainTask", "VQATask", "setup_task"]
 
 
 def setup_task(cfg: Config) -> BaseTask:

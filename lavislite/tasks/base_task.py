@@ -1,13 +1,27 @@
-"""Tasks: what to build from a config and what one train / valid step does."""
+"""Tasks: what to build from a config, what one train / valid step does, and how a split is scored.
+
+``BaseTask.evaluation`` is the one evaluation loop (``evaluate.py`` and the
+runner's validation both call it): each rank runs ``valid_step`` on a strided
+shard of the split, per-sample results are gathered from every rank (a rank
+with an empty shard still joins the gather, so nothing hangs), and rank 0
+turns them into metrics (``compute_metrics``) and writes them to the run folder.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from lavislite.common import dist_utils
 from lavislite.common.config import Config
 from lavislite.common.logger import logger
 from lavislite.common.registry import registry
@@ -18,13 +32,24 @@ class TaskConfig:
     """Task-owned keys of the ``run`` section (merged with the runner's schema)."""
 
 
+def strided_shard(size: int, rank: int, world_size: int) -> list[int]:
+    """This rank's indices: ``rank, rank + world, ...``.
+
+    Not ``DistributedSampler``: it pads the split with repeats so that every
+    rank gets as many samples, which counts samples twice when the split size
+    does not divide by the world size.
+    """
+    return list(range(rank, size, world_size))
+
+
 class BaseTask:
-    """Builds the model and datasets named in the config; defines the steps."""
+    """Builds the model and datasets named in the config; defines the steps and the scoring."""
 
     Config: type = TaskConfig
 
     def __init__(self, run_cfg: Any = None) -> None:
         self.run_cfg = run_cfg
+        self.lockstep = False  # set by evaluation(): ranks must step together (ZeRO-3)
 
     @classmethod
     def setup_task(cls, cfg: Config) -> "BaseTask":
@@ -58,10 +83,113 @@ class BaseTask:
         """One forward pass; returns the model's output dict with ``loss``."""
         return model(samples)
 
-    def valid_step(self, model: nn.Module, samples: dict[str, Any]) -> Any:
+    # -- evaluation ----------------------------------------------------------------
+    def valid_step(self, model: nn.Module, samples: dict[str, Any]) -> list[dict[str, Any]]:
+        """Per-sample results of one batch (each with the sample's ``id``)."""
         raise NotImplementedError(f"{type(self).__name__} has no evaluation step")
+
+    def compute_metrics(self, results: list[dict[str, Any]], dataset: Dataset) -> dict[str, Any]:
+        """Rank 0: the metrics of a split from every sample's result (``agg_metrics`` ranks checkpoints)."""
+        raise NotImplementedError(f"{type(self).__name__} has no metrics")
+
+    @torch.no_grad()
+    def evaluation(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        name: str,
+        batch_size: int,
+        num_workers: int = 0,
+        output_dir: str | None = None,
+        lockstep: bool = False,
+    ) -> dict[str, Any]:
+        """Scores one split on every rank; returns its metrics on every rank.
+
+        Args:
+            model: the model (its ``eval()`` mode is set here and restored after).
+            dataset: the split; its ``collater`` batches it.
+            name: ``dataset/split``, for the log and the result file names.
+            batch_size: per rank.
+            num_workers: DataLoader workers.
+            output_dir: the run folder; rank 0 writes ``results/<name>.json``
+                (every sample once) there. None: nothing is written.
+            lockstep: every rank runs as many forward passes (ZeRO-3 gathers
+                parameters collectively in each one): a rank with a shorter
+                shard repeats a dummy batch whose results are dropped, and
+                generation keeps stepping until every rank is done.
+        """
+        rank, world = dist_utils.get_rank(), dist_utils.get_world_size()
+        shard = strided_shard(len(dataset), rank, world)  # type: ignore[arg-type]
+        loader = DataLoader(
+            dataset, batch_size=batch_size, sampler=shard, collate_fn=dataset.collater, num_workers=num_workers,  # type: ignore[attr-defined]
+            generator=torch.Generator(),  # starting the loader draws nothing from the training RNG
+        )
+        self.lockstep = lockstep and world > 1
+        start = time.time()
+        was_training = model.training
+        model.eval()
+        bar = _progress(len(loader), f"eval {name}")
+        results: list[dict[str, Any]] = []
+        for samples in loader:
+            results.extend(self.valid_step(model, samples))
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if self.lockstep and len(dataset):  # type: ignore[arg-type]
+            rounds = math.ceil(math.ceil(len(dataset) / world) / batch_size)  # type: ignore[arg-type]  # rank 0's count, the most
+            for _ in range(rounds - len(loader)):
+                self.valid_step(model, dataset.collater([dataset[0]]))  # type: ignore[attr-defined]
+        self.lockstep = False
+        model.train(was_training)
+        # Every rank joins the gather, also one whose shard is empty.
+        merged = [r for part in dist_utils.all_gather_object(results) for r in part]
+        metrics: dict[str, Any] = {}
+        if dist_utils.is_main_process():
+            ids = [r["id"] for r in merged]
+            if len(set(ids)) != len(ids) or len(ids) != len(dataset):  # type: ignore[arg-type]
+                raise RuntimeError(f"{name}: gathered {len(ids)} results ({len(set(ids))} distinct ids) for {len(dataset)} samples")  # type: ignore[arg-type]
+            elapsed = time.time() - start  # generation / forward passes and the gather, not the metric
+            metrics = self.compute_metrics(merged, dataset)
+            metrics["eval_seconds"] = elapsed
+            metrics["eval_samples_per_sec"] = len(merged) / max(elapsed, 1e-9)
+            if output_dir:
+                write_json(os.path.join(output_dir, "results", f"{name.replace('/', '_')}.json"), merged)
+            logger.info("%s: %s", name, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+        return dist_utils.broadcast_object(metrics)
 
 
 @registry.register_task("image_text_pretrain")
 class ImageTextPretrainTask(BaseTask):
-    """Instruction tuning / image-text pretraining: minimise the model's LM loss."""
+    """Instruction tuning / image-text pretraining: minimise the model's LM loss; validation reports it."""
+
+    def valid_step(self, model: nn.Module, samples: dict[str, Any]) -> list[dict[str, Any]]:
+        out = model(samples)
+        n_tokens = int(out["n_tokens"])
+        # The batch's token-weighted loss, carried by its first sample (the others carry zeros).
+        loss_sum = float(out["loss"]) * n_tokens
+        return [{"id": i, "loss_sum": loss_sum if k == 0 else 0.0, "n_tokens": n_tokens if k == 0 else 0} for k, i in enumerate(samples["ids"])]
+
+    def compute_metrics(self, results: list[dict[str, Any]], dataset: Dataset) -> dict[str, Any]:
+        n_tokens = sum(r["n_tokens"] for r in results)
+        loss = sum(r["loss_sum"] for r in results) / max(n_tokens, 1)
+        # Lower loss is better; agg_metrics is "higher is better" for every task.
+        return {"loss": loss, "n_samples": len(results), "agg_metrics": -loss}
+
+
+def write_json(path: str, data: Any) -> None:
+    """Writes JSON through a temporary file, so a reader never sees half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, ensure_ascii=False)
+    os.replace(tmp, path)
+
+
+def _progress(total: int, desc: str) -> Any:
+    # A live bar on an interactive terminal (rank 0); logs and CI get none.
+    if not dist_utils.is_main_process() or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, dynamic_ncols=True)

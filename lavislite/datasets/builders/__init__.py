@@ -10,12 +10,15 @@ from lavislite.common.config import load_dataset_config
 from lavislite.common.registry import registry
 from lavislite.datasets.builders.base_builder import BaseDatasetBuilder, BuilderConfig
 from lavislite.datasets.builders.instruction_builders import LlavaInstructionBuilder, MiniGPT4InstructionBuilder
+from lavislite.datasets.builders.task_builders import CocoCaptionBuilder, VQAv2Builder
 
 __all__ = [
     "BaseDatasetBuilder",
     "BuilderConfig",
+    "CocoCaptionBuilder",
     "LlavaInstructionBuilder",
     "MiniGPT4InstructionBuilder",
+    "VQAv2Builder",
     "dataset_zoo",
     "load_dataset",
 ]

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from lavislite.common.logger import logger
+from lavislite.common.errors import MissingFileError
 from lavislite.common.registry import RegistryError, registry
 from lavislite.common.utils import as_list, resolve_data_path
 from lavislite.processors.blip_processors import build_processor
@@ -114,17 +115,17 @@ class BaseDatasetBuilder:
         info = self.config.build_info
         vis_root = resolve_data_path(info.images.storage) if info.images.storage else ""
         if vis_root and not g_pathmgr.exists(vis_root):
-            raise FileNotFoundError(f"datasets.{self.name}.build_info.images.storage: folder not found: {vis_root}")
+            raise MissingFileError(f"datasets.{self.name}.build_info.images.storage: folder not found: {vis_root}")
         for split, ann in info.annotations.items():
             is_train = split == "train"
             paths = [resolve_data_path(p) for p in as_list(ann.storage)]
             if not paths:
-                raise FileNotFoundError(f"datasets.{self.name}.build_info.annotations.{split}.storage: no annotation file given")
+                raise MissingFileError(f"datasets.{self.name}.build_info.annotations.{split}.storage: no annotation file given")
             urls = as_list(ann.url)
             for i, p in enumerate(paths):
                 if not g_pathmgr.exists(p):
                     where = f" (download it from {urls[i]})" if i < len(urls) and urls[i] else ""
-                    raise FileNotFoundError(f"datasets.{self.name}.build_info.annotations.{split}: {p} not found{where}")
+                    raise MissingFileError(f"datasets.{self.name}.build_info.annotations.{split}: {p} not found{where}")
             key = "train" if is_train and not for_evaluation else "eval"
             dataset_cls = self.train_dataset_cls if is_train else (self.eval_dataset_cls or self.train_dataset_cls)
             if dataset_cls is None:

@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lavislite.common.utils import as_list
+from lavislite.common.errors import MissingFileError
 from lavislite.processors.chat_processor import IGNORE_INDEX, SampleError
 
 
@@ -63,18 +64,23 @@ def parse_llava(record: dict[str, Any], where: str) -> Sample:
     return Sample(str(record.get("id", where)), [str(x) for x in as_list(record.get("image"))], turns)
 
 
+def read_json_file(path: str) -> Any:
+    """Reads a JSON file, or a JSON-lines file (``.jsonl``) as a list; errors name the file and line."""
+    if not g_pathmgr.exists(path):
+        raise MissingFileError(f"annotation file not found: {path}")
+    with g_pathmgr.open(path, "r", encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        return json.loads(text) if not path.endswith(".jsonl") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise SampleError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+
+
 def load_annotations(paths: list[str], parse: Callable[[dict[str, Any], str], Sample]) -> list[Sample]:
     """Reads JSON lists (or JSON-lines files) and parses every record; errors name file and index."""
     samples: list[Sample] = []
     for path in paths:
-        if not g_pathmgr.exists(path):
-            raise FileNotFoundError(f"annotation file not found: {path}")
-        with g_pathmgr.open(path, "r", encoding="utf-8") as fh:
-            text = fh.read()
-        try:
-            records = json.loads(text) if not path.endswith(".jsonl") else [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise SampleError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+        records = read_json_file(path)
         if not isinstance(records, list):
             raise SampleError(f"{path}: expected a JSON list of samples, got {type(records).__name__}")
         for i, record in enumerate(records):
@@ -90,6 +96,55 @@ def load_annotations(paths: list[str], parse: Callable[[dict[str, Any], str], Sa
     return samples
 
 
+def load_image_tensor(vis_root: str, path: str, vis_processor: Callable[[Image.Image], torch.Tensor], sample_id: str) -> torch.Tensor:
+    """Reads one image (relative to ``vis_root`` unless absolute) and processes it.
+
+    Raises:
+        SampleError: naming the sample and the file when it cannot be read.
+    """
+    full = path if os.path.isabs(path) else os.path.join(vis_root, path)
+    try:
+        with g_pathmgr.open(full, "rb") as fh:
+            image = Image.open(fh).convert("RGB")
+    except Exception as exc:
+        raise SampleError(f"sample {sample_id}: cannot read image {full}: {exc}") from exc
+    return vis_processor(image)
+
+
+def check_images_exist(samples: list[Any], vis_root: str, ann_paths: list[str], shown: int = 10) -> None:
+    """Raises ``SampleError`` listing every local image the samples (``.id``, ``.images``) name that is not on disk.
+
+    Runs when the dataset is built, before the model: a missing image would
+    otherwise surface in a DataLoader worker minutes (or epochs) into training.
+    Each folder is listed once, so hundreds of thousands of samples take
+    seconds, not one ``stat`` call each. Remote paths (``scheme://``) are skipped.
+
+    Raises:
+        SampleError: naming the annotation file(s), and the first missing
+            images with their sample ids and the total count.
+    """
+    listings: dict[str, set[str] | None] = {}
+    missing: list[tuple[str, str]] = []
+    for sample in samples:
+        for image in sample.images:
+            if "://" in image:
+                continue
+            full = image if os.path.isabs(image) else os.path.join(vis_root, image)
+            folder, name = os.path.split(full)
+            if folder not in listings:
+                try:
+                    listings[folder] = set(os.listdir(folder or "."))
+                except OSError:
+                    listings[folder] = None  # the folder itself is missing
+            names = listings[folder]
+            if names is None or name not in names:
+                missing.append((sample.id, full))
+    if missing:
+        lines = "\n".join(f"    sample {sid}: {path}" for sid, path in missing[:shown])
+        more = f"\n    ... and {len(missing) - shown} more" if len(missing) > shown else ""
+        raise SampleError(f"{len(missing)} image(s) named in {', '.join(ann_paths)} are not on disk:\n{lines}{more}")
+
+
 class InstructionDataset(Dataset):
     """Conversations with zero or more images each.
 
@@ -97,8 +152,9 @@ class InstructionDataset(Dataset):
         vis_processor: PIL image -> (3, H, W) tensor.
         text_processor: a chat processor (``qwen_chat``): turns -> ids and labels.
         vis_root: folder the image paths are relative to.
-        ann_paths: annotation files.
-        parse: record parser for the annotation format.
+        ann_paths: annotation files (named in errors).
+        parse: record parser for the annotation format, or
+        samples: the conversations, already parsed (a builder that reads its files itself).
     """
 
     def __init__(
@@ -107,12 +163,15 @@ class InstructionDataset(Dataset):
         text_processor: Any,
         vis_root: str,
         ann_paths: list[str],
-        parse: Callable[[dict[str, Any], str], Sample],
+        parse: Callable[[dict[str, Any], str], Sample] | None = None,
+        samples: list[Sample] | None = None,
     ) -> None:
         self.vis_processor = vis_processor
         self.text_processor = text_processor
         self.vis_root = vis_root
-        self.samples = load_annotations(ann_paths, parse)
+        if (parse is None) == (samples is None):
+            raise TypeError("InstructionDataset takes either parse (a record parser for ann_paths) or samples (already parsed)")
+        self.samples = load_annotations(ann_paths, parse) if parse is not None else list(samples or [])
         # Check every conversation's structure now, not in a worker in epoch 3:
         # placeholders vs images, turn order, at least one reply (rendering is
         # string work only; tokenization stays in __getitem__).
@@ -126,18 +185,13 @@ class InstructionDataset(Dataset):
                 text_processor.render(s.turns, s.id)
             except SampleError as exc:
                 raise SampleError(f"{exc} (in {', '.join(ann_paths)})") from exc
+        check_images_exist(self.samples, vis_root, ann_paths)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def load_image(self, sample: Sample, path: str) -> torch.Tensor:
-        full = path if os.path.isabs(path) else os.path.join(self.vis_root, path)
-        try:
-            with g_pathmgr.open(full, "rb") as fh:
-                image = Image.open(fh).convert("RGB")
-        except Exception as exc:
-            raise SampleError(f"sample {sample.id}: cannot read image {full}: {exc}") from exc
-        return self.vis_processor(image)
+        return load_image_tensor(self.vis_root, path, self.vis_processor, sample.id)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -125,6 +126,8 @@ def worker_init(worker_id: int) -> None:
 
     Workers decode images and tokenize; torch's default of one thread per core
     in every worker (and in the main process) oversubscribes the cores as soon
-    as anything else runs on the machine.
+    as anything else runs on the machine. ``LAVISLITE_THREADS=torch`` keeps
+    torch's default (for comparison).
     """
-    torch.set_num_threads(1)
+    if os.environ.get("LAVISLITE_THREADS") != "torch":
+        torch.set_num_threads(1)

@@ -1,0 +1,81 @@
+"""Evaluation datasets whose samples are a prompt to answer, with the references to score the answer.
+
+A sample renders as a user turn (image placeholders + the prompt) and an open
+assistant turn (``add_generation_prompt``); the collater pads on the left, so
+every row's prompt ends where generation starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from lavislite.datasets.datasets.instruction_dataset import check_images_exist, collate_chat, load_image_tensor
+
+
+@dataclass
+class PromptSample:
+    """One evaluation item: its id, image files, the user's prompt, the references and extra fields for the metric."""
+
+    id: Any
+    images: list[str]
+    prompt: str
+    references: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class GenerationDataset(Dataset):
+    """Prompts with references (captions, VQA answers), for tasks that score generated text.
+
+    Args:
+        vis_processor: PIL image -> (3, H, W) tensor (the eval processor).
+        text_processor: the chat processor (``qwen_chat``).
+        vis_root: folder the image paths are relative to.
+        ann_paths: annotation files.
+        read: reads the annotation files into ``PromptSample`` s.
+    """
+
+    def __init__(
+        self,
+        vis_processor: Callable[[Any], torch.Tensor],
+        text_processor: Any,
+        vis_root: str,
+        ann_paths: list[str],
+        read: Callable[[list[str]], list[PromptSample]],
+    ) -> None:
+        self.vis_processor = vis_processor
+        self.text_processor = text_processor
+        self.vis_root = vis_root
+        self.samples = read(ann_paths)
+        for s in self.samples:
+            found = text_processor.count_placeholders(s.prompt)
+            if found != len(s.images):
+                from lavislite.processors.chat_processor import SampleError
+
+                raise SampleError(f"sample {s.id}: {found} image placeholder(s) in the prompt but {len(s.images)} image(s) (in {', '.join(ann_paths)})")
+        check_images_exist(self.samples, vis_root, ann_paths)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        turns = [{"role": "user", "content": sample.prompt}]
+        text = self.text_processor(turns, num_images=len(sample.images), sample_id=str(sample.id), add_generation_prompt=True)
+        images = [load_image_tensor(self.vis_root, p, self.vis_processor, str(sample.id)) for p in sample.images[: text["num_images"]]]
+        return {
+            "id": sample.id,
+            "image": torch.stack(images) if images else None,
+            "input_ids": torch.tensor(text["input_ids"], dtype=torch.long),
+            "references": sample.references,
+            "extra": sample.extra,
+        }
+
+    def collater(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        out = collate_chat(batch, pad_token_id=int(self.text_processor.tokenizer.pad_token_id), padding_side="left")
+        out["references"] = [b["references"] for b in batch]
+        out["extra"] = [b["extra"] for b in batch]
+        return out

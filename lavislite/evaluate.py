@@ -1,0 +1,89 @@
+"""Evaluate a model from a run config on ``run.test_splits`` (or ``run.valid_splits``).
+
+    python -m lavislite.evaluate --cfg-path X.yaml --checkpoint output/demo/JOB
+    lavislite-evaluate --cfg-path X.yaml --options run.test_splits=[val] model.finetuned=/path/release
+    torchrun --nproc_per_node=8 -m lavislite.evaluate --cfg-path X.yaml
+
+Each rank scores a strided shard (every sample exactly once, whatever the
+split size); rank 0 writes ``results/<dataset>_<split>.json`` and
+``metrics.json`` into ``output_dir/<job_id>/`` and prints a table. Every split
+is read with the dataset's eval processors (no random crop or flip), so the
+same checkpoint gives the same numbers every time. The repository's
+``evaluate.py`` runs this same ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lavislite.cli import add_common_args, run_entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluates; returns the exit code (a user error raises, ``cli`` turns it into a message)."""
+    parser = add_common_args(argparse.ArgumentParser(description="lavislite evaluation"))
+    parser.add_argument("--checkpoint", default=None, help="a trained model to load: a release file or folder (same as --options model.finetuned=PATH)")
+    args = parser.parse_args(argv)
+    if args.checkpoint:
+        # One loading path for both spellings: the model loads it and reports.
+        args.options = [*args.options, f"model.finetuned={args.checkpoint}", "model.load_finetuned=true"]
+
+    # 1. Config: validated (split names included) before anything heavy is built.
+    import lavislite  # noqa: F401  (registers the built-in names)
+    from lavislite.common.config import load_config
+
+    cfg = load_config(args, purpose="evaluate")
+
+    # 2. The same set-up as training: process group, job id, logging, seeds, threads.
+    from lavislite.runners.launch import setup_run
+
+    ctx = setup_run(cfg, "evaluate.log")
+
+    # 3. Task, datasets (eval processors for every split), model.
+    import torch
+
+    from lavislite.common import dist_utils
+    from lavislite.common.logger import logger
+    from lavislite.tasks import setup_task
+    from lavislite.tasks.base_task import write_json
+
+    run = cfg.run_cfg
+    task = setup_task(cfg)
+    datasets = task.build_datasets(cfg, for_evaluation=True)
+    model = task.build_model(cfg)
+    device = torch.device("cuda", dist_utils.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+    model = model.to(device)
+
+    # 4. Score each split; rank 0 writes the metrics.
+    splits = list(run.test_splits) or list(run.valid_splits)
+    metrics: dict[str, dict[str, float]] = {}
+    for name, by_split in datasets.items():
+        for split in splits:
+            if split in by_split:
+                key = f"{name}/{split}"
+                metrics[key] = task.evaluation(model, by_split[split], key, run.batch_size_eval, run.num_workers, ctx.output_dir)
+    if dist_utils.is_main_process():
+        write_json(f"{ctx.output_dir}/metrics.json", metrics)
+        logger.info("evaluation:\n%s", metrics_table(metrics))
+    return 0
+
+
+def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
+    """A plain-text table: one row per split, one column per metric."""
+    # Scalars only; per-type breakdowns (VQA) stay in metrics.json.
+    columns = sorted({k for m in metrics.values() for k, v in m.items() if k != "agg_metrics" and not isinstance(v, dict)}) + ["agg_metrics"]
+    rows = [["split", *columns]]
+    for key, m in metrics.items():
+        rows.append([key, *(f"{m[c]:.4f}" if isinstance(m.get(c), float) else str(m.get(c, "")) for c in columns)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows)
+
+
+def cli() -> None:
+    """The ``lavislite-evaluate`` console script."""
+    sys.exit(run_entry(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,169 @@
+"""Entry points as a newcomer meets them: clean errors, shipped configs, an installed package."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import DEMO, DEMO_DATA, REPO, launch, run_env
+
+
+def _missing_image_config(tmp_path: Path) -> Path:
+    records = json.loads((DEMO_DATA / "minigpt4_instruction.json").read_text())[:6]
+    records[2]["image"] = "no_such_image.jpg"
+    records[4]["image"] = "gone/also_missing.jpg"
+    (tmp_path / "ann.json").write_text(json.dumps(records))
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"""
+model: {{arch: blip2_qwen, model_type: demo}}
+datasets:
+  minigpt4_instruction:
+    build_info:
+      annotations: {{train: {{storage: {tmp_path / 'ann.json'}}}}}
+      images: {{storage: {DEMO_DATA / 'images'}}}
+run: {{task: image_text_pretrain, output_dir: {tmp_path / 'out'}, job_id: missing, num_workers: 0}}
+"""
+    )
+    return cfg
+
+
+def test_missing_image_fails_before_the_model_is_built_without_a_traceback(tmp_path: Path) -> None:
+    """Issue 10: every missing image reported at once, with its sample id, in seconds."""
+    cfg = _missing_image_config(tmp_path)
+    start = time.time()
+    proc = launch("train.py", ["--cfg-path", str(cfg)])
+    elapsed = time.time() - start
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr
+    assert "error: 2 image(s) named in" in err and str(tmp_path / "ann.json") in err
+    assert f"sample {json.loads((tmp_path / 'ann.json').read_text())[2]['id']}: {DEMO_DATA / 'images' / 'no_such_image.jpg'}" in err
+    assert "gone/also_missing.jpg" in err
+    assert "Traceback" not in err
+    assert "parameters:" not in err  # the model was never built
+    assert elapsed < 30
+    # --debug shows the traceback
+    proc = launch("train.py", ["--cfg-path", str(cfg), "--debug"])
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "SampleError" in proc.stderr
+
+
+def test_data_errors_under_torchrun_are_clean_too(tmp_path: Path) -> None:
+    cfg = _missing_image_config(tmp_path)
+    proc = launch("train.py", ["--cfg-path", str(cfg)], nproc=2)
+    assert proc.returncode != 0
+    assert "error (rank 0): 2 image(s) named in" in proc.stderr
+    # torchrun prints its own ChildFailedError summary; no frame of lavislite's appears
+    assert f'File "{REPO / "lavislite"}' not in proc.stderr and "SampleError" not in proc.stderr
+
+
+def test_terminal_gets_a_summary_and_the_log_file_the_whole_config(tmp_path: Path) -> None:
+    proc = launch("train.py", ["--cfg-path", DEMO, "--options", f"run.output_dir={tmp_path}", "run.job_id=s", "run.max_steps=1", "run.num_workers=0"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"run folder {tmp_path / 's'} (full config in config.yaml and train.log)" in proc.stderr
+    assert "config:\n" not in proc.stderr and "image_placeholders" not in proc.stderr
+    log = (tmp_path / "s" / "train.log").read_text()
+    assert "config:\n" in log and "image_placeholders" in log
+
+
+def test_shipped_config_by_package_prefix(tmp_path: Path) -> None:
+    """``lavislite:projects/...`` resolves inside the installed package, from any folder."""
+    from lavislite.common.config import resolve_config_path
+
+    assert resolve_config_path("lavislite:projects/demo/train.yaml") == str(Path(DEMO))
+    proc = launch(
+        "evaluate.py",
+        ["--cfg-path", "lavislite:projects/demo/train.yaml", "--options", "run.test_splits=[tets]"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and "run.test_splits: unknown split 'tets'" in proc.stderr
+
+
+def _fresh_venv_with_wheel(tmp_path: Path) -> Path:
+    """A new virtual environment with lavislite installed non-editable (no clone needed to run it).
+
+    Its other packages (torch, transformers, deepspeed, ...) come from the test
+    environment through a ``.pth`` line: a plain path entry, so the test
+    environment's editable lavislite finder is not loaded there.
+    """
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    (site / "test_env.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # Build from a copy so the build leaves nothing in the checkout.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "output", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    # The new environment's python runs pip (reached through the .pth line), so
+    # the console scripts point at that python. --ignore-installed: pip sees the
+    # test environment's lavislite through that line and would uninstall it.
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--no-build-isolation", "--no-compile", str(src)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    return venv
+
+
+def test_installed_package_trains_the_shipped_demo_from_an_empty_folder(tmp_path: Path) -> None:
+    """Issue 10: ``pip install .`` (no clone) then ``lavislite-train --cfg-path lavislite:...``."""
+    venv = _fresh_venv_with_wheel(tmp_path)
+    work = tmp_path / "empty"
+    work.mkdir()
+    env = run_env()
+    env.pop("PYTHONPATH", None)
+    probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import lavislite; print(lavislite.__file__)"], cwd=work, env=env, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr
+    assert str(venv) in probe.stdout  # the installed copy, not the checkout
+    proc = subprocess.run(
+        [str(venv / "bin" / "lavislite-train"), "--cfg-path", "lavislite:projects/demo/train.yaml", "--options", "run.max_steps=2", "run.num_workers=0", "run.job_id=inst"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = work / "output" / "demo" / "inst"
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "metrics.jsonl").is_file()
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+    # python -m works the same way
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "lavislite.evaluate", "--cfg-path", "lavislite:projects/demo/train.yaml", "--options", "run.test_splits=[tets]"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "unknown split 'tets'" in proc.stderr
+
+
+def test_common_imports_nothing_above_it() -> None:
+    """Issue 10: ``lavislite.common`` is the floor; it never imports lavislite's upper layers."""
+    offenders = []
+    for path in sorted((REPO / "lavislite" / "common").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            stripped = line.strip()
+            if stripped.startswith(("import lavislite", "from lavislite")) and not stripped.startswith(("from lavislite.common", "import lavislite.common")):
+                offenders.append(f"{path.name}:{n}: {stripped}")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("threads_env", [None, "3"])
+def test_thread_settings(threads_env: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from lavislite.common.dist_utils import configure_threads
+
+    before = torch.get_num_threads()
+    try:
+        if threads_env is None:
+            monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+            cores = len(os.sched_getaffinity(0))
+            assert configure_threads(num_workers=1) == max(1, cores - 1) == torch.get_num_threads()
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
+            assert configure_threads(num_workers=2) == 1
+        else:
+            monkeypatch.setenv("OMP_NUM_THREADS", threads_env)
+            assert configure_threads(num_workers=1) == torch.get_num_threads() == before  # the user's setting wins
+    finally:
+        torch.set_num_threads(before)

@@ -396,6 +396,78 @@ class Blip2Qwen(BaseModel):
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return (texts, ids) if return_ids else texts
 
+    # -- chat -----------------------------------------------------------------------
+    def chat_processors(self) -> tuple[Any, Any]:
+        """The eval image processor and the chat processor of ``model.preprocess`` (built on first use, then kept)."""
+        if getattr(self, "_chat_processors", None) is None:
+            from lavislite.processors.blip_processors import build_processor
+
+            pre = self.cfg.preprocess or {}
+            context = {"tokenizer": self.cfg.tokenizer or self.cfg.llm_model, "num_image_tokens": self.cfg.qformer.num_query_token}
+            vis_spec = (pre.get("vis_processor") or {}).get("eval") or {"name": "blip_image_eval", "image_size": self.cfg.vision.image_size}
+            txt_spec = (pre.get("text_processor") or {}).get("eval") or {"name": "qwen_chat"}
+            self._chat_processors = (build_processor(vis_spec, context), build_processor(txt_spec, context))
+        return self._chat_processors
+
+    def chat_inputs(self, images: list[Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """A batch of one: the conversation so far, rendered with an open assistant turn.
+
+        Args:
+            images: every image of the conversation, in order (PIL images, file
+                paths, or processed (3, H, W) tensors).
+            messages: ``[{"role": "system"|"user"|"assistant", "content": ...}]``;
+                content is a string (``<image>`` placeholders mark the images) or
+                a list of parts (``{"type": "image"}``, ``{"type": "text", "text": ...}``).
+        """
+        from PIL import Image
+
+        from lavislite.datasets.datasets.instruction_dataset import collate_chat
+
+        vis, txt = self.chat_processors()
+        turns = [{"role": m["role"], "content": _content_text(m["content"])} for m in messages]
+        enc = txt(turns, num_images=len(images), sample_id="chat", add_generation_prompt=True)
+        tensors = []
+        for image in images[: enc["num_images"]]:
+            if isinstance(image, torch.Tensor):
+                tensors.append(image)
+            else:
+                pil = Image.open(image) if isinstance(image, str) else image
+                tensors.append(vis(pil.convert("RGB")))
+        sample = {"id": "chat", "image": torch.stack(tensors) if tensors else None, "input_ids": torch.tensor(enc["input_ids"])}
+        return collate_chat([sample], pad_token_id=int(self.tokenizer.pad_token_id), padding_side="left")
+
+    @torch.no_grad()
+    def chat(self, images: list[Any], messages: list[dict[str, Any]], streamer: Any = None, **settings: Any) -> str:
+        """The assistant's next reply in a (multi-turn, multi-image) conversation.
+
+        The caller keeps the history: append ``{"role": "assistant", "content": reply}``
+        and the next user message, and call again with every image so far.
+
+        Args:
+            images: see ``chat_inputs``.
+            messages: see ``chat_inputs``; the last one is the user's.
+            streamer: a transformers streamer (``TextIteratorStreamer``) to receive the reply as it is generated.
+            **settings: generation settings (``GenerateConfig``: ``max_new_tokens``, ``num_beams``, ...).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            return self.generate(self.chat_inputs(images, messages), streamer=streamer, **settings)[0]  # type: ignore[index]
+        finally:
+            self.train(was_training)
+
+    def chat_stream(self, images: list[Any], messages: list[dict[str, Any]], **settings: Any) -> Any:
+        """Like ``chat``, but yields the reply's text piece by piece while it is generated."""
+        import threading
+
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        worker = threading.Thread(target=self.chat, args=(images, messages), kwargs={"streamer": streamer, **settings}, daemon=True)
+        worker.start()
+        yield from streamer
+        worker.join()
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the trainable weights (what a release file holds)."""
         return {n: p.detach().cpu() for n, p in self.named_parameters() if p.requires_grad}
@@ -411,3 +483,19 @@ class Blip2Qwen(BaseModel):
         table = "\n".join(rows)
         logger.info("parameters:\n%s", table)
         return table
+
+
+def _content_text(content: Any) -> str:
+    """A message's content as text: list parts (transformers style) become text with ``<image>`` placeholders."""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "image":
+            parts.append("<image>")
+        elif kind == "text":
+            parts.append(str(part.get("text", "")))
+        else:
+            raise ValueError(f"message part {part!r}: expected {{'type': 'image'}} or {{'type': 'text', 'text': ...}}")
+    return "".join(parts)

@@ -15,12 +15,14 @@ only the site-packages folders to ``sys.path`` (plain folders: no ``.pth``
 processing) and asserts ``find_spec("lavislite") is None`` before importing
 anything else. It runs the README's snippets and writes what it got
 (ids, pixels, greedy tokens, logits) to a safetensors file; this side compares
-them with lavislite's own processors and model.
+them with lavislite's own processors and model. It starts once the exports
+exist and runs beside the in-process tests, which come first in this file.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 import os
@@ -28,7 +30,7 @@ import re
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -167,25 +169,46 @@ json.dump(text, open("out.json", "w", encoding="utf-8"))
 '''
 
 
-def run_isolated(cwd: Path, spec: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    """Runs HARNESS in a Python that has the venv's packages but cannot import lavislite."""
-    paths = sysconfig.get_paths()
-    site = sorted({paths["purelib"], paths["platlib"]})
-    (cwd / "harness.py").write_text(HARNESS, encoding="utf-8")
-    (cwd / "spec.json").write_text(json.dumps({**spec, "site": site, "cwd": str(cwd)}), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-    return subprocess.run(
-        [sys.executable, "-I", "-S", str(cwd / "harness.py"), str(cwd / "spec.json")],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
-    )
+class TransformersSide:
+    """HARNESS running in a Python that has the venv's packages but cannot import lavislite.
+
+    It starts as soon as the exports exist and runs beside the in-process tests
+    (on its own core); the tests that compare with it wait for it.
+    """
+
+    def __init__(self, cwd: Path, spec: dict[str, Any]) -> None:
+        paths = sysconfig.get_paths()
+        site = sorted({paths["purelib"], paths["platlib"]})
+        (cwd / "harness.py").write_text(HARNESS, encoding="utf-8")
+        (cwd / "spec.json").write_text(json.dumps({**spec, "site": site, "cwd": str(cwd)}), encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+        env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+        self.cwd = cwd
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", str(cwd / "harness.py"), str(cwd / "spec.json")],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self._results: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+
+    def results(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """(tensors, text) the harness wrote; waits for it the first time."""
+        if self._results is None:
+            from safetensors.torch import load_file
+
+            _, stderr = self.proc.communicate(timeout=300)
+            assert self.proc.returncode == 0, stderr[-4000:]
+            self._results = load_file(self.cwd / "out.safetensors"), json.loads((self.cwd / "out.json").read_text(encoding="utf-8"))
+        return self._results
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
 
 
 # -- the fixture ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    import dataclasses
-
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -223,8 +246,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     export_hf(lora, str(hf_side / "exported_merged"), merge_lora=True, max_shard_size=SHARD)
     export_hf(lora, str(hf_side / "exported_adapter"), merge_lora=False, max_shard_size=SHARD)
 
-    vis, txt = load_preprocess(run.model_cfg, Blip2Qwen.processor_context(run.model_cfg))
-    proc = run_isolated(
+    side = TransformersSide(
         hf_side,
         {
             "readme": readme_snippet("export-usage"),
@@ -234,62 +256,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
             "exports": [["plain", "exported", False], ["merged", "exported_merged", False], ["adapter", "exported_adapter", True]],
         },
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    from safetensors.torch import load_file
-
-    return SimpleNamespace(
-        root=root, hf_side=hf_side, plain=plain, lora=lora, vis=vis["eval"], txt=txt["eval"],
-        hf=load_file(hf_side / "out.safetensors"), hf_text=json.loads((hf_side / "out.json").read_text(encoding="utf-8")),
-    )
-
-
-# -- 1. the plain model: same ids, pixels, greedy tokens in plain transformers --------------------------
-def test_readme_snippet_in_plain_transformers_matches_lavislite(world: SimpleNamespace) -> None:
-    """The README snippet (no lavislite importable) gets lavislite's ids, pixels and greedy reply."""
-    # The README's own message, read from the snippet.
-    messages = ast.literal_eval(re.search(r"^messages = (\[.*\])$", readme_snippet("export-usage"), flags=re.M).group(1))  # type: ignore[union-attr]
-    assert len(messages) == 1 and messages[0]["role"] == "user"
-    content = messages[0]["content"]
-    assert {"type": "image"} in content
-    batch = lavislite_batch(world.plain, world.txt, world.vis, world.hf_side, [(content, README_IMAGE)])
-    hf = world.hf
-    assert hf["readme.input_ids"].tolist() == batch["input_ids"].tolist()
-    assert hf["readme.input_ids"][0].tolist().count(IMAGE_PAD) == world.plain.cfg.qformer.num_query_token
-    torch.testing.assert_close(hf["readme.pixel_values"], batch["image"], atol=1e-6, rtol=0)
-    prompt_len = batch["input_ids"].shape[1]
-    assert torch.equal(hf["readme.output"][:, :prompt_len], batch["input_ids"])  # generate echoes the prompt
-    ours = greedy_ids(world.plain, batch)
-    assert hf["readme.output"][:, prompt_len:].tolist() == ours.tolist()
-    assert world.hf_text["readme.reply"] == world.plain.tokenizer.decode(ours[0], skip_special_tokens=True)
-
-
-def test_plain_export_batch_matches_lavislite(world: SimpleNamespace) -> None:
-    """Left-padded batch: ids and masks, pixels (atol 1e-6), greedy tokens, model.generate's text; logits within the eps difference."""
-    batch = lavislite_batch(world.plain, world.txt, world.vis, world.hf_side, BATCH)
-    hf = world.hf
-    assert hf["plain.input_ids"].tolist() == batch["input_ids"].tolist()
-    assert hf["plain.attention_mask"].tolist() == batch["attention_mask"].tolist()
-    assert batch["attention_mask"][:, 0].tolist() == [0, 1]  # really left-padded: the first prompt is shorter
-    torch.testing.assert_close(hf["plain.pixel_values"], batch["image"], atol=1e-6, rtol=0)
-    ours = greedy_ids(world.plain, batch)
-    assert hf["plain.new_tokens"].tolist() == ours.tolist()
-    assert world.hf_text["plain.replies"] == world.plain.generate(batch, max_new_tokens=NEW_TOKENS)
-    assert world.hf_text["plain.image_token_index"] == IMAGE_PAD
-
-    # Logits: the only difference is ln_vision's eps (1e-5 in lavislite, 1e-6 in the export).
-    ours_logits = logits(world.plain, batch)
-    real = batch["attention_mask"].bool()
-    diff = (hf["plain.logits"] - ours_logits)[real].abs().max().item()
-    assert world.plain.vision.post_layernorm.eps == 1e-5 and world.hf_text["plain.layer_norm_eps"] == 1e-6
-    assert 0 < diff < 1e-4, diff
-    world.plain.vision.post_layernorm.eps = 1e-6
+    vis, txt = load_preprocess(run.model_cfg, Blip2Qwen.processor_context(run.model_cfg))
     try:
-        matched = logits(world.plain, batch)
+        yield SimpleNamespace(root=root, hf_side=hf_side, plain=plain, lora=lora, vis=vis["eval"], txt=txt["eval"], transformers=side)
     finally:
-        world.plain.vision.post_layernorm.eps = 1e-5
-    torch.testing.assert_close(hf["plain.logits"][real], matched[real], atol=1e-6, rtol=0)
+        side.close()
 
 
+# -- in lavislite: folders, the round trip, LoRA through PEFT, loaders (these run while the harness works) --
 def test_export_folder_layout(world: SimpleNamespace) -> None:
     folder = world.hf_side / "exported"
     index = json.loads((folder / "model.safetensors.index.json").read_text())
@@ -315,21 +289,19 @@ def test_export_folder_layout(world: SimpleNamespace) -> None:
             assert (world.hf_side / other / name).read_bytes() == (folder / name).read_bytes(), (other, name)
 
 
-# -- 2. LoRA ----------------------------------------------------------------------------------------------------
-def test_lora_merged_export_and_base_plus_adapter_match_lavislite(world: SimpleNamespace) -> None:
-    """Greedy tokens of the merged export and of base + PEFT adapter equal the unmerged lavislite model's."""
-    batch = lavislite_batch(world.lora, world.txt, world.vis, world.hf_side, BATCH)
-    ours = greedy_ids(world.lora, batch).tolist()
-    assert world.hf["merged.new_tokens"].tolist() == ours
-    assert world.hf["adapter.new_tokens"].tolist() == ours
-    # The adapter matters: the base LLM alone answers differently.
-    real = batch["attention_mask"].bool()
-    ours_logits = logits(world.lora, batch)
-    for name in ("merged", "adapter"):
-        assert (world.hf[f"{name}.logits"] - ours_logits)[real].abs().max().item() < 1e-4
-    adapter_cfg = json.loads((world.hf_side / "exported_adapter" / "adapter" / "adapter_config.json").read_text())
-    assert adapter_cfg["r"] == LORA["r"] and adapter_cfg["lora_alpha"] == LORA["alpha"] and adapter_cfg["task_type"] == "CAUSAL_LM"
-    assert not (world.hf_side / "exported_merged" / "adapter").exists()
+def test_release_folder_contents(world: SimpleNamespace) -> None:
+    import yaml
+    from safetensors import safe_open
+
+    release = world.root / "run" / "release"
+    assert sorted(p.name for p in release.iterdir()) == ["config.yaml", "model.safetensors"]  # no LoRA: no adapter
+    cfg = yaml.safe_load((release / "config.yaml").read_text())
+    assert set(cfg) == {"model", "datasets", "run"} and cfg["model"]["arch"] == "blip2_qwen"
+    with safe_open(str(release / "model.safetensors"), "pt") as fh:
+        assert fh.metadata()["global_step"] == "7"
+        assert sorted(fh.keys()) == sorted(world.plain.trainable_state_dict())
+    lora_release = world.root / "lora_run" / "release"
+    assert sorted(p.name for p in lora_release.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "config.yaml", "model.safetensors"]
 
 
 def test_release_adapter_loads_with_peft_onto_the_base_llm(world: SimpleNamespace) -> None:
@@ -357,7 +329,6 @@ def test_release_adapter_loads_with_peft_onto_the_base_llm(world: SimpleNamespac
     assert (base_logits - ours).abs().max() > 0.1  # non-zero lora_B: the adapter changes the output
 
 
-# -- 3. out and back in --------------------------------------------------------------------------------------
 def test_round_trip_into_lavislite_is_exact(world: SimpleNamespace) -> None:
     """Export -> lavislite (a fresh model, finetuned=<export>): every weight and the logits are identical."""
     from lavislite.common.config import Config
@@ -397,7 +368,7 @@ def test_hf_loader_sets_aside_an_llm_that_does_not_fit(world: SimpleNamespace) -
     from lavislite.models.blip2_qwen import Blip2Qwen
     from lavislite.models.checkpoint import OTHER_LLM
 
-    cfg = dataclasses_asdict(world.plain.cfg)
+    cfg = dataclasses.asdict(world.plain.cfg)
     cfg["llm_config"] = {**cfg["llm_config"], "hidden_size": 32, "intermediate_size": 64}
     cfg["pretrained"] = str(world.hf_side / "exported")
     other = Blip2Qwen.from_config(cfg)
@@ -407,12 +378,6 @@ def test_hf_loader_sets_aside_an_llm_that_does_not_fit(world: SimpleNamespace) -
     assert {k.split(".")[0] for k in report.unused} == {"language_model", "language_projection"}
     with pytest.raises(ValueError, match="its language model does not fit this model's LLM"):
         Blip2Qwen.from_config({**cfg, "pretrained": "", "finetuned": str(world.hf_side / "exported")})
-
-
-def dataclasses_asdict(obj: Any) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
 
 
 def test_untied_llm_exports_its_own_lm_head(tmp_path: Path) -> None:
@@ -442,22 +407,6 @@ def test_untied_llm_exports_its_own_lm_head(tmp_path: Path) -> None:
         theirs = hf(pixel_values=image, input_ids=ids).logits
     # ln_vision_eps 1e-6 here, as the export has it: the outputs agree to float rounding.
     torch.testing.assert_close(theirs, logits(model, batch), atol=1e-6, rtol=0)
-
-
-# -- release folders: layout, resolution, atomic writes ------------------------------------------------------------
-def test_release_folder_contents(world: SimpleNamespace) -> None:
-    import yaml
-    from safetensors import safe_open
-
-    release = world.root / "run" / "release"
-    assert sorted(p.name for p in release.iterdir()) == ["config.yaml", "model.safetensors"]  # no LoRA: no adapter
-    cfg = yaml.safe_load((release / "config.yaml").read_text())
-    assert set(cfg) == {"model", "datasets", "run"} and cfg["model"]["arch"] == "blip2_qwen"
-    with safe_open(str(release / "model.safetensors"), "pt") as fh:
-        assert fh.metadata()["global_step"] == "7"
-        assert sorted(fh.keys()) == sorted(world.plain.trainable_state_dict())
-    lora_release = world.root / "lora_run" / "release"
-    assert sorted(p.name for p in lora_release.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "config.yaml", "model.safetensors"]
 
 
 def test_resolve_checkpoint_forms_and_errors(world: SimpleNamespace, tmp_path: Path) -> None:
@@ -532,7 +481,6 @@ def test_write_release_is_atomic_and_refuses_foreign_folders(tmp_path: Path, mon
         rel.write_release(str(tmp_path / "x"), {"proj.weight": torch.ones(1)}, cfg)
 
 
-# -- 5. no pickle -------------------------------------------------------------------------------------------------------------
 def test_no_pickle_loading_anywhere() -> None:
     """No ``weights_only=False`` in lavislite/, train.py, evaluate.py, and every torch.load says ``weights_only=True``."""
     files = [*sorted((REPO / "lavislite").rglob("*.py")), REPO / "train.py", REPO / "evaluate.py"]
@@ -551,3 +499,67 @@ def test_no_pickle_loading_anywhere() -> None:
                     offenders.append(f"{path}:{node.lineno}: imports a pickler")
     assert offenders == []
     assert len(files) > 20
+
+
+# -- in plain transformers (the harness): same ids, pixels, greedy tokens --------------------------------------
+def test_readme_snippet_in_plain_transformers_matches_lavislite(world: SimpleNamespace) -> None:
+    """The README snippet (no lavislite importable) gets lavislite's ids, pixels and greedy reply."""
+    # The README's own message, read from the snippet.
+    messages = ast.literal_eval(re.search(r"^messages = (\[.*\])$", readme_snippet("export-usage"), flags=re.M).group(1))  # type: ignore[union-attr]
+    assert len(messages) == 1 and messages[0]["role"] == "user"
+    content = messages[0]["content"]
+    assert {"type": "image"} in content
+    batch = lavislite_batch(world.plain, world.txt, world.vis, world.hf_side, [(content, README_IMAGE)])
+    hf, hf_text = world.transformers.results()
+    assert hf["readme.input_ids"].tolist() == batch["input_ids"].tolist()
+    assert hf["readme.input_ids"][0].tolist().count(IMAGE_PAD) == world.plain.cfg.qformer.num_query_token
+    torch.testing.assert_close(hf["readme.pixel_values"], batch["image"], atol=1e-6, rtol=0)
+    prompt_len = batch["input_ids"].shape[1]
+    assert torch.equal(hf["readme.output"][:, :prompt_len], batch["input_ids"])  # generate echoes the prompt
+    ours = greedy_ids(world.plain, batch)
+    assert hf["readme.output"][:, prompt_len:].tolist() == ours.tolist()
+    assert hf_text["readme.reply"] == world.plain.tokenizer.decode(ours[0], skip_special_tokens=True)
+
+
+def test_plain_export_batch_matches_lavislite(world: SimpleNamespace) -> None:
+    """Left-padded batch: ids and masks, pixels (atol 1e-6), greedy tokens, model.generate's text; logits within the eps difference."""
+    batch = lavislite_batch(world.plain, world.txt, world.vis, world.hf_side, BATCH)
+    hf, hf_text = world.transformers.results()
+    assert hf["plain.input_ids"].tolist() == batch["input_ids"].tolist()
+    assert hf["plain.attention_mask"].tolist() == batch["attention_mask"].tolist()
+    assert batch["attention_mask"][:, 0].tolist() == [0, 1]  # really left-padded: the first prompt is shorter
+    torch.testing.assert_close(hf["plain.pixel_values"], batch["image"], atol=1e-6, rtol=0)
+    ours = greedy_ids(world.plain, batch)
+    assert hf["plain.new_tokens"].tolist() == ours.tolist()
+    assert hf_text["plain.replies"] == world.plain.generate(batch, max_new_tokens=NEW_TOKENS)
+    assert hf_text["plain.image_token_index"] == IMAGE_PAD
+
+    # Logits: the only difference is ln_vision's eps (1e-5 in lavislite, 1e-6 in the export).
+    ours_logits = logits(world.plain, batch)
+    real = batch["attention_mask"].bool()
+    diff = (hf["plain.logits"] - ours_logits)[real].abs().max().item()
+    assert world.plain.vision.post_layernorm.eps == 1e-5 and hf_text["plain.layer_norm_eps"] == 1e-6
+    assert 0 < diff < 1e-4, diff
+    world.plain.vision.post_layernorm.eps = 1e-6
+    try:
+        matched = logits(world.plain, batch)
+    finally:
+        world.plain.vision.post_layernorm.eps = 1e-5
+    torch.testing.assert_close(hf["plain.logits"][real], matched[real], atol=1e-6, rtol=0)
+
+
+def test_lora_merged_export_and_base_plus_adapter_match_lavislite(world: SimpleNamespace) -> None:
+    """Greedy tokens of the merged export and of base + PEFT adapter equal the unmerged lavislite model's."""
+    hf, _ = world.transformers.results()
+    batch = lavislite_batch(world.lora, world.txt, world.vis, world.hf_side, BATCH)
+    ours = greedy_ids(world.lora, batch).tolist()
+    assert hf["merged.new_tokens"].tolist() == ours
+    assert hf["adapter.new_tokens"].tolist() == ours
+    # The adapter matters: the base LLM alone answers differently.
+    real = batch["attention_mask"].bool()
+    ours_logits = logits(world.lora, batch)
+    for name in ("merged", "adapter"):
+        assert (hf[f"{name}.logits"] - ours_logits)[real].abs().max().item() < 1e-4
+    adapter_cfg = json.loads((world.hf_side / "exported_adapter" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["r"] == LORA["r"] and adapter_cfg["lora_alpha"] == LORA["alpha"] and adapter_cfg["task_type"] == "CAUSAL_LM"
+    assert not (world.hf_side / "exported_merged" / "adapter").exists()

@@ -227,6 +227,7 @@ def export_hf(
     Returns:
         A summary: ``tensors``, ``shards``, ``lora`` (``"merged"``, ``"adapter"`` or ``None``).
     """
+    import yaml
     from transformers import Blip2ForConditionalGeneration, Blip2Processor, GenerationConfig
 
     has_lora = _is_peft(model.llm)
@@ -235,6 +236,10 @@ def export_hf(
     llm_config, llm_state, adapter = plain_llm_state(model, merge_lora and has_lora, in_place=in_place)
     state = export_state_dict(model, llm_state)
     config = build_blip2_config(model, llm_config)
+    ln_eps, vit_eps = model.vision.post_layernorm.eps, config.vision_config.layer_norm_eps
+    if ln_eps != vit_eps:
+        # Blip2VisionModel has one eps for every LayerNorm (see the module docstring).
+        logger.info("ln_vision eps %g exported as the ViT's %g (transformers has one layer_norm_eps)", ln_eps, vit_eps)
 
     # Built on the meta device and given the model's own tensors: no second
     # copy of the weights, no random initialisation of a multi-GB model.
@@ -268,8 +273,6 @@ def export_hf(
             adapter_dir = os.path.join(tmp, EXPORT_ADAPTER_DIR)
             os.makedirs(adapter_dir)
             write_adapter(adapter_dir, adapter, dataclasses.asdict(model.cfg.lora), model.cfg.llm_model)
-        import yaml
-
         with open(os.path.join(tmp, EXPORT_CONFIG), "w", encoding="utf-8") as fh:
             yaml.safe_dump(_lavislite_config(model, run_config, merged=merge_lora and has_lora), fh, sort_keys=False, allow_unicode=True)
         shards = sorted(f for f in os.listdir(tmp) if f.endswith(".safetensors"))

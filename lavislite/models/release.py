@@ -151,12 +151,12 @@ def peft_adapter_state(trainable: Mapping[str, torch.Tensor]) -> dict[str, torch
 def _safetensors_ready(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU tensors, none sharing memory (safetensors refuses shared storage)."""
     out: dict[str, torch.Tensor] = {}
-    seen: set[tuple[int, int]] = set()
+    seen: set[int] = set()
     for key, value in tensors.items():
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{key}: expected a tensor, got {type(value).__name__}")
         t = value.detach().to("cpu").contiguous()
-        ident = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
+        ident = t.untyped_storage().data_ptr() if t.numel() else id(t)
         if ident in seen:
             t = t.clone()  # e.g. tied embeddings given under two names
         seen.add(ident)

@@ -11,9 +11,20 @@ from lavislite.common.logger import ensure_console_logging
 from lavislite.common.registry import registry
 from lavislite.models.base_model import BaseModel
 from lavislite.models.blip2_qwen import Blip2Qwen
+from lavislite.models.release import load_from_checkpoint, resolve_checkpoint, write_release
 from lavislite.processors.blip_processors import build_processor
 
-__all__ = ["BaseModel", "Blip2Qwen", "load_model", "load_model_and_preprocess", "load_preprocess", "model_zoo"]
+__all__ = [
+    "BaseModel",
+    "Blip2Qwen",
+    "load_from_checkpoint",
+    "load_model",
+    "load_model_and_preprocess",
+    "load_preprocess",
+    "model_zoo",
+    "resolve_checkpoint",
+    "write_release",
+]
 
 
 def load_model(name: str, model_type: str, is_eval: bool = False, device: str | torch.device = "cpu", **overrides: Any) -> BaseModel:

@@ -424,8 +424,7 @@ class Blip2Qwen(BaseModel):
         from lavislite.datasets.datasets.instruction_dataset import collate_chat
 
         vis, txt = self.chat_processors()
-        turns = [{"role": m["role"], "content": _content_text(m["content"])} for m in messages]
-        enc = txt(turns, num_images=len(images), sample_id="chat", add_generation_prompt=True)
+        enc = txt(list(messages), num_images=len(images), sample_id="chat", add_generation_prompt=True)
         tensors = []
         for image in images[: enc["num_images"]]:
             if isinstance(image, torch.Tensor):
@@ -484,18 +483,3 @@ class Blip2Qwen(BaseModel):
         logger.info("parameters:\n%s", table)
         return table
 
-
-def _content_text(content: Any) -> str:
-    """A message's content as text: list parts (transformers style) become text with ``<image>`` placeholders."""
-    if isinstance(content, str):
-        return content
-    parts = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "image":
-            parts.append("<image>")
-        elif kind == "text":
-            parts.append(str(part.get("text", "")))
-        else:
-            raise ValueError(f"message part {part!r}: expected {{'type': 'image'}} or {{'type': 'text', 'text': ...}}")
-    return "".join(parts)

@@ -9,8 +9,13 @@ Formats:
       runner file ``{"model": ...}``, a flat dict (``llm_proj.*`` alone, often
       bf16) or a DeepSpeed ``{"module": ...}`` state dict.
     * Hugging Face BLIP-2 folders / files (``vision_model.*``, ``qformer.*``,
-      ``query_tokens``), sharded safetensors with an index included.
-    * lavislite release files (``{"model": {our parameter names}}``).
+      ``query_tokens``, ``language_projection.*``, ``language_model.*``), sharded
+      safetensors with an index included. The projection and the language model
+      load when they fit this model's LLM (a lavislite export, another BLIP-2 +
+      Qwen) and are reported as another LLM's otherwise (an OPT / Flan-T5
+      BLIP-2). A lavislite export's LoRA adapter (``adapter/``) comes with it.
+    * lavislite release folders (``model.safetensors`` + ``config.yaml``) and
+      older release files (``{"model": {our parameter names}}``).
 
 Every key is renamed by an explicit rule below. A load returns a ``LoadReport``:
 how many tensors were loaded, every checkpoint key not used (with why), every
@@ -29,12 +34,14 @@ from torch import nn
 
 from lavislite.common.logger import logger
 from lavislite.common.errors import CheckpointError, MissingFileError
+from lavislite.models.release import ADAPTER_WEIGHTS, EXPORT_ADAPTER_DIR, is_hf_export, is_lora_key, resolve_checkpoint
 
 # Why a checkpoint key is not used.
 TEXT_BRANCH = "Q-Former text branch (not used for image-only queries)"
 STAGE1_HEAD = "BLIP-2 stage-1 head (image-text contrastive / matching)"
 OTHER_LLM = "another LLM's weights or projection"
 NO_TARGET = "no matching parameter in the model"
+NO_LORA = "LoRA adapter weights (this model has no LoRA layers there)"
 
 
 # Model key prefixes of each part (``Blip2Qwen.parts()``), for "which parts does this file hold".
@@ -103,24 +110,50 @@ def resolve_weights_path(path: str) -> str:
 
 # -- reading files ------------------------------------------------------------------
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Reads a checkpoint file or Hugging Face folder into a flat ``{key: tensor}``.
+    """Reads a checkpoint file or folder into a flat ``{key: tensor}``.
 
+    Folders: a Hugging Face model folder (sharded or not; a lavislite export's
+    PEFT adapter in ``adapter/`` is read with it, its keys under
+    ``language_model.``), a lavislite release folder (``model.safetensors``),
+    or a run folder (its ``release/``, or an older run's ``checkpoint_release.pth``).
     Uses safetensors or ``torch.load(weights_only=True)``; never unpickles code.
     """
+    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in _FOLDER_WEIGHTS):
+        path = resolve_checkpoint(path)  # a run folder; raises naming what it looked for
     if os.path.isdir(path):
-        for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-            index_path = os.path.join(path, index)
-            if os.path.exists(index_path):
-                with open(index_path, encoding="utf-8") as fh:
-                    shards = sorted(set(json.load(fh)["weight_map"].values()))
-                out: dict[str, torch.Tensor] = {}
-                for shard in shards:
-                    out.update(read_state_dict(os.path.join(path, shard)))
-                return out
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            if os.path.exists(os.path.join(path, name)):
-                return read_state_dict(os.path.join(path, name))
-        raise MissingFileError(f"{path}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json) in this folder")
+        out = _read_folder(path)
+        adapter = os.path.join(path, EXPORT_ADAPTER_DIR, ADAPTER_WEIGHTS)
+        if is_hf_export(path) and os.path.isfile(adapter):
+            from safetensors.torch import load_file
+
+            # PEFT names are relative to the LLM the adapter wraps: language_model.
+            out.update({"language_model." + k: v for k, v in load_file(adapter).items()})
+        return out
+    return _read_file(path)
+
+
+_FOLDER_WEIGHTS = ("model.safetensors.index.json", "pytorch_model.bin.index.json", "model.safetensors", "pytorch_model.bin")
+
+
+def _read_folder(path: str) -> dict[str, torch.Tensor]:
+    """The weights of a model folder: an index with its shards, or one weights file."""
+    for index in _FOLDER_WEIGHTS[:2]:
+        index_path = os.path.join(path, index)
+        if os.path.exists(index_path):
+            with open(index_path, encoding="utf-8") as fh:
+                shards = sorted(set(json.load(fh)["weight_map"].values()))
+            out: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                out.update(_read_file(os.path.join(path, shard)))
+            return out
+    for name in _FOLDER_WEIGHTS[2:]:
+        if os.path.exists(os.path.join(path, name)):
+            return _read_file(os.path.join(path, name))
+    raise MissingFileError(f"{path}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json) in this folder")
+
+
+def _read_file(path: str) -> dict[str, torch.Tensor]:
+    """One checkpoint file: safetensors, or a torch file read with ``weights_only=True``."""
     if not os.path.exists(path):
         raise MissingFileError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
@@ -253,7 +286,15 @@ def convert_lavis_blip2(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
 
 
 def convert_hf_blip2(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A Hugging Face ``Blip2*`` state dict -> blip2_qwen keys (names already match the parts)."""
+    """A Hugging Face ``Blip2*`` state dict -> blip2_qwen keys.
+
+    ``vision_model.*`` -> ``vision.*``, ``qformer.*`` and ``query_tokens`` as they
+    are, ``language_projection.*`` -> ``proj.*``, ``language_model.*`` -> ``llm.*``
+    (transformers v5 names the causal LM's parts ``language_model.model.*`` and
+    ``language_model.lm_head``, as lavislite's ``llm`` holds them). Whether the
+    language model is this model's LLM at all is decided against the model
+    (``split_foreign_llm``), not here.
+    """
     out: dict[str, torch.Tensor] = {}
     unused: dict[str, str] = {}
     for key, value in sd.items():
@@ -267,11 +308,46 @@ def convert_hf_blip2(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
                 out[key] = value
         elif key == "query_tokens":
             out[key] = value
-        elif key.startswith(("language_model.", "language_projection.")):
-            unused[key] = OTHER_LLM
+        elif key.startswith("language_projection."):
+            out["proj." + key[len("language_projection.") :]] = value
+        elif key.startswith("language_model."):
+            out["llm." + key[len("language_model.") :]] = value
         else:
             unused[key] = NO_TARGET
     return out, unused
+
+
+def hf_source_key(key: str) -> str:
+    """The Hugging Face name of a key ``convert_hf_blip2`` produced (for reports)."""
+    if key.startswith("proj."):
+        return "language_projection." + key[len("proj.") :]
+    if key.startswith("llm."):
+        return "language_model." + key[len("llm.") :]
+    return key
+
+
+def split_foreign_llm(
+    model: nn.Module, converted: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Moves an HF BLIP-2's language model and projection out when they are not this model's LLM.
+
+    They load only when every (non-LoRA) ``llm.*`` key has a place in the model
+    with the same shape: a lavislite export, or another BLIP-2 + Qwen of the
+    same size. Otherwise (an OPT or Flan-T5 BLIP-2, a Qwen of another size) all
+    of them, and the projection trained for that LLM, are reported as another
+    LLM's instead of loaded piecemeal or stopping on a shape mismatch.
+
+    Returns:
+        (the keys to load, ``{checkpoint key: OTHER_LLM}`` for those set aside).
+    """
+    shapes = {canonical_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    llm_keys = [k for k in converted if k.startswith("llm.") and not is_lora_key(k)]
+    fits = bool(llm_keys) and all(shapes.get(canonical_key(k)) == tuple(converted[k].shape) for k in llm_keys)
+    if fits or not llm_keys:
+        return converted, {}
+    keep = {k: v for k, v in converted.items() if not k.startswith(("llm.", "proj."))}
+    aside = {hf_source_key(k): OTHER_LLM for k in converted if k.startswith(("llm.", "proj."))}
+    return keep, aside
 
 
 CONVERTERS = {
@@ -288,10 +364,13 @@ def canonical_key(key: str) -> str:
     """A model key with peft's wrapping removed, so files match with and without LoRA.
 
     ``llm.base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight`` ->
-    ``llm.model.layers.0.self_attn.q_proj.weight``.
+    ``llm.model.layers.0.self_attn.q_proj.weight``; LoRA weights lose the
+    adapter name, as PEFT files store them
+    (``...q_proj.lora_A.default.weight`` -> ``...q_proj.lora_A.weight``).
     """
     if key.startswith("llm.base_model.model."):
         key = "llm." + key[len("llm.base_model.model.") :]
+    key = re.sub(r"(\.lora_(?:A|B|embedding_A|embedding_B))\.default\.", r"\1.", key)
     return key.replace(".base_layer.", ".")
 
 
@@ -314,7 +393,10 @@ def load_converted(
         ValueError: on a shape mismatch, naming the key and both shapes.
     """
     targets = dict(model.named_parameters())
-    targets.update(dict(model.named_buffers()))
+    # Only buffers a state dict holds: non-persistent ones (rotary inv_freq)
+    # are computed, never read from a file, so never "missing".
+    persistent = _persistent_buffer_names(model)
+    targets.update({k: b for k, b in model.named_buffers() if k in persistent})
     by_canonical = {canonical_key(k): k for k in targets}
     if scope is None:
         held = {part_of(canonical_key(k)) for k in converted} - {None}
@@ -341,6 +423,16 @@ def load_converted(
     return loaded, missing, no_target
 
 
+def _persistent_buffer_names(model: nn.Module) -> set[str]:
+    names: set[str] = set()
+    for prefix, module in model.named_modules():
+        skip = getattr(module, "_non_persistent_buffers_set", set())
+        for name, buf in module.named_buffers(recurse=False):
+            if buf is not None and name not in skip:
+                names.add(f"{prefix}.{name}" if prefix else name)
+    return names
+
+
 def load_checkpoint(
     model: nn.Module,
     path: str,
@@ -359,11 +451,16 @@ def load_checkpoint(
     sd = state_dict if state_dict is not None else read_state_dict(path)
     fmt = detect_format(list(sd))
     converted, unused = CONVERTERS[fmt](sd)
+    if fmt == "hf_blip2":
+        converted, aside = split_foreign_llm(model, converted)
+        unused.update(aside)
     if scope is None and fmt == "lavis_vit":
         scope = PART_PREFIXES["vit"]
     # A lavislite release holds only what trained: frozen weights in its parts are not "missing".
     loaded, missing, no_target = load_converted(model, converted, scope, trainable_only=fmt == "lavislite")
-    unused.update(no_target)
+    for key in no_target:
+        source = hf_source_key(key) if fmt == "hf_blip2" else key
+        unused[source] = NO_LORA if is_lora_key(key) else NO_TARGET
     parts = sorted({p for p in (part_of(canonical_key(k)) for k in loaded) if p}, key=list(PART_PREFIXES).index)
     report = LoadReport(path=path, format=fmt, loaded=loaded, unused=unused, missing=missing, parts=parts)
     logger.info("%s", report.summary())
@@ -384,12 +481,20 @@ def check_finetuned(report: LoadReport) -> None:
     if not report.loaded:
         sample = ", ".join(sorted(report.unused)[:5])
         raise CheckpointError(f"{where}: filled no model weight; its keys ({len(report.unused)}) look like: {sample}")
-    if report.format == "lavislite" and report.unused:
-        keys = sorted(report.unused)
-        lora = [k for k in keys if ".lora_" in k]
+    lora_unused = sorted(k for k, reason in report.unused.items() if reason == NO_LORA)
+    if (report.format == "lavislite" and report.unused) or lora_unused:
+        keys = sorted(report.unused) if report.format == "lavislite" else lora_unused
+        lora = [k for k in keys if is_lora_key(k) or ".lora_" in k]
         hint = (
             " The file holds LoRA weights: set model.lora.enabled=true with the lora settings of the run that wrote it."
             if lora
             else " Was it written by a model with another config (parts, sizes, freeze switches)?"
         )
         raise CheckpointError(f"{where}: {len(keys)} of its trained weights have no place in this model, e.g. {', '.join(keys[:3])}.{hint}")
+    foreign = sorted(k for k, reason in report.unused.items() if reason == OTHER_LLM)
+    if report.format == "hf_blip2" and foreign:
+        # A finetuned folder's language model is part of the model the user means to use.
+        raise CheckpointError(
+            f"{where}: its language model does not fit this model's LLM ({len(foreign)} keys, e.g. {', '.join(foreign[:3])}); "
+            "set model.llm_model / llm_config to the LLM it was exported with"
+        )

@@ -4,13 +4,19 @@ Runs inside the data-loader workers so the GPU receives ready tensors. A
 conversation is rendered to the ChatML string once and tokenized once (so the
 ids are exactly what the tokenizer gives for that string); labels come from the
 character spans of the assistant replies through the tokenizer's offsets.
+
+The rendering is the one chat template of lavislite
+(``lavislite.processors.tokenizers.chatml_template``): message text goes in
+exactly as given, as in Qwen2.5's published template, so the ids trained on are
+the ids ``tokenizer.apply_chat_template`` gives at inference. Cleaning
+annotation text (stripping) belongs to the annotation parsers, not here.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,9 +24,14 @@ from lavislite.common.registry import registry
 from lavislite.common.errors import DataError
 from lavislite.common.schema import validate
 from lavislite.processors.base_processor import BaseProcessor
-from lavislite.processors.tokenizers import load_tokenizer
+from lavislite.processors.tokenizers import DEFAULT_SYSTEM_MESSAGE, IMAGE_END, IMAGE_START, IMAGE_TOKEN, load_tokenizer
 
 IGNORE_INDEX = -100
+
+# A message's content: a string (image placeholders such as "<image>" mark the
+# images), or transformers' multimodal list of parts
+# (``[{"type": "image"}, {"type": "text", "text": "..."}]``).
+Content = Union[str, list[dict[str, Any]]]
 
 
 class SampleError(DataError):
@@ -34,12 +45,12 @@ class ChatConfig:
     tokenizer: str = ""
     num_image_tokens: int = 0
     max_len: int = 512
-    system_message: str = "You are a helpful assistant."
+    system_message: str = DEFAULT_SYSTEM_MESSAGE
     # Longest first: MiniGPT4Qwen writes "<Img><ImageHere></Img>", LLaVA "<image>".
     image_placeholders: list[str] = field(default_factory=lambda: ["<Img><ImageHere></Img>", "<ImageHere>", "<image>"])
-    image_start: str = "<|vision_start|>"
-    image_token: str = "<|image_pad|>"
-    image_end: str = "<|vision_end|>"
+    image_start: str = IMAGE_START
+    image_token: str = IMAGE_TOKEN
+    image_end: str = IMAGE_END
 
 
 @registry.register_processor("qwen_chat")
@@ -47,7 +58,8 @@ class QwenChatProcessor(BaseProcessor):
     """Turns ``[{"role", "content"}, ...]`` plus an image count into ``input_ids``/``labels``.
 
     Labels are ``-100`` everywhere except each assistant reply and the
-    ``<|im_end|>`` that closes it. Each image placeholder becomes
+    ``<|im_end|>`` that closes it. Each image, given by a placeholder in string
+    content or by a ``{"type": "image"}`` part in list content, becomes
     ``image_start + image_token * num_image_tokens + image_end``.
     """
 
@@ -81,12 +93,59 @@ class QwenChatProcessor(BaseProcessor):
 
     # -- rendering -----------------------------------------------------------
     def count_placeholders(self, text: str) -> int:
+        """How many image placeholders (``<image>``, ``<ImageHere>``, ...) a string holds."""
         return len(self._placeholder_re.findall(text))
 
+    def count_images(self, content: Content | None) -> int:
+        """How many images one message's content holds (placeholders, or image parts)."""
+        if isinstance(content, str):
+            return self.count_placeholders(content)
+        if isinstance(content, list):
+            return sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image")
+        return 0
+
+    def render_content(self, content: Content, where: str, images: bool) -> str:
+        """One message's text with each image's span in place; text itself is never changed.
+
+        Args:
+            content: a string (placeholders become image spans) or a list of
+                ``{"type": "text", "text"}`` / ``{"type": "image"}`` parts (only
+                image parts become spans; text parts go in as they are, as in the template).
+            where: names the sample and turn in error messages.
+            images: whether this turn may hold images (only user turns may).
+
+        Raises:
+            SampleError: an image where none may be, an unknown part, or no text.
+        """
+        if isinstance(content, str):
+            if not images:
+                if self.count_placeholders(content):
+                    raise SampleError(f"{where} contains an image placeholder")
+                return content
+            return self._placeholder_re.sub(self.image_span, content)
+        if not isinstance(content, list):
+            raise SampleError(f"{where} has no text content")
+        pieces: list[str] = []
+        for k, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text" and isinstance(part.get("text"), str):
+                pieces.append(part["text"])
+            elif kind == "image":
+                if not images:
+                    raise SampleError(f"{where} contains an image part")
+                pieces.append(self.image_span)
+            else:
+                raise SampleError(f"{where}: part {k} must be {{'type': 'text', 'text': str}} or {{'type': 'image'}}, got {part!r}")
+        return "".join(pieces)
+
     def render(
-        self, turns: list[dict[str, str]], sample_id: str = "?", add_generation_prompt: bool = False
+        self, turns: list[dict[str, Any]], sample_id: str = "?", add_generation_prompt: bool = False
     ) -> tuple[str, list[tuple[int, int]]]:
-        """Renders ChatML with image spans in place.
+        """Renders ChatML with image spans in place, text exactly as given.
+
+        Gives the string ``chatml_template(num_image_tokens, system_message)``
+        renders for the same messages (list content with image parts), so
+        training and ``apply_chat_template`` at inference agree to the id.
 
         Returns:
             The text and the character spans ``(start, end)`` that carry labels
@@ -103,27 +162,24 @@ class QwenChatProcessor(BaseProcessor):
             parts.append(text)
             pos += len(text)
 
-        if not turns or turns[0]["role"] != "system":
+        if not turns or turns[0].get("role") != "system":
             add(f"<|im_start|>system\n{self.cfg.system_message}<|im_end|>\n")
         expected = "user"
         for i, turn in enumerate(turns):
             role, content = turn.get("role"), turn.get("content")
-            if not isinstance(content, str):
-                raise SampleError(f"sample {sample_id}: turn {i} has no text content")
+            where = f"sample {sample_id}: turn {i} ({role})"
             if role == "system" and i == 0:
-                add(f"<|im_start|>system\n{content.strip()}<|im_end|>\n")
+                add(f"<|im_start|>system\n{self.render_content(content, where, images=False)}<|im_end|>\n")
                 continue
             if role != expected:
                 raise SampleError(f"sample {sample_id}: turn {i} is '{role}', expected '{expected}' (turns must alternate user/assistant)")
-            content = content.strip()
             if role == "user":
-                add(f"<|im_start|>user\n{self._placeholder_re.sub(self.image_span, content)}<|im_end|>\n")
+                add(f"<|im_start|>user\n{self.render_content(content, where, images=True)}<|im_end|>\n")
                 expected = "assistant"
             else:
-                if self.count_placeholders(content):
-                    raise SampleError(f"sample {sample_id}: turn {i} (assistant) contains an image placeholder")
+                text = self.render_content(content, where, images=False)
                 add("<|im_start|>assistant\n")
-                add(content + "<|im_end|>", label=True)
+                add(text + "<|im_end|>", label=True)
                 add("\n")
                 expected = "user"
         if add_generation_prompt:
@@ -131,12 +187,14 @@ class QwenChatProcessor(BaseProcessor):
         return "".join(parts), spans
 
     def __call__(  # type: ignore[override]
-        self, turns: list[dict[str, str]], num_images: int, sample_id: str = "?", add_generation_prompt: bool = False
+        self, turns: list[dict[str, Any]], num_images: int, sample_id: str = "?", add_generation_prompt: bool = False
     ) -> dict[str, Any]:
         """Tokenizes one conversation.
 
         Args:
-            turns: ``[{"role": "user"|"assistant"|"system", "content": str}, ...]``.
+            turns: ``[{"role": "user"|"assistant"|"system", "content": str | list of parts}, ...]``
+                (OpenAI / transformers message form; images as placeholders in
+                strings or as ``{"type": "image"}`` parts).
             num_images: how many images the sample carries (must match its placeholders).
             sample_id: used in error messages.
             add_generation_prompt: end with an open assistant turn (for generation).
@@ -148,7 +206,7 @@ class QwenChatProcessor(BaseProcessor):
         Raises:
             SampleError: placeholders do not match ``num_images``, or the turns are malformed.
         """
-        found = sum(self.count_placeholders(t.get("content") or "") for t in turns if t.get("role") == "user")
+        found = sum(self.count_images(t.get("content")) for t in turns if t.get("role") == "user")
         if found != num_images:
             raise SampleError(f"sample {sample_id}: {found} image placeholder(s) in the text but {num_images} image(s)")
         text, spans = self.render(turns, sample_id, add_generation_prompt)

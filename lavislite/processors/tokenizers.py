@@ -52,16 +52,74 @@ QWEN25_ADDED_TOKENS: list[tuple[str, bool]] = [
 ]
 FIRST_ADDED_ID = 151643
 
-# ChatML, as Qwen2.5-Instruct renders it when no tools are given.
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{%- if loop.first and message['role'] != 'system' %}"
-    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant."
+IMAGE_START, IMAGE_TOKEN, IMAGE_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
+
+
+def _jinja_string(text: str) -> str:
+    """``text`` as a Jinja string literal (Jinja unescapes literals like Python does)."""
+    escaped = text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n").replace("\r", "\\r")
+    return "'" + escaped + "'"
+
+
+def chatml_template(num_image_tokens: int | None = None, system_message: str = DEFAULT_SYSTEM_MESSAGE) -> str:
+    """The ChatML chat template lavislite trains on, as Jinja for ``apply_chat_template``.
+
+    It follows Qwen2.5-Instruct's published template (no-tools branch) and, like
+    it, inserts every message's text exactly as given (no stripping), so a
+    text-only conversation with a system message renders to the same string.
+    Two additions make it the template of a BLIP-2 + Qwen model:
+
+    * ``content`` may be a string or a list of parts (transformers' multimodal
+      form): ``{"type": "text", "text": ...}`` is inserted as is,
+      ``{"type": "image"}`` becomes ``<|vision_start|>`` + N x ``<|image_pad|>`` +
+      ``<|vision_end|>``, the slots the model fills with its N query outputs.
+    * without a system message first, ``system_message`` is used (lavislite's
+      and Qwen2-Instruct's default; Qwen2.5's own default names "Qwen").
+
+    Args:
+        num_image_tokens: N, baked into the template (an exported model's query
+            count). None: the caller passes ``num_image_tokens=N`` to
+            ``apply_chat_template`` (the builtin tokenizer belongs to no model),
+            and an image part without it raises.
+        system_message: the default system message.
+    """
+    if num_image_tokens is None:
+        span = (
+            "{%- if num_image_tokens is not defined %}"
+            "{{- raise_exception('an image part needs num_image_tokens=N (the model\\'s query count) in apply_chat_template') }}"
+            "{%- endif %}"
+            f"{{{{- '{IMAGE_START}' + '{IMAGE_TOKEN}' * num_image_tokens + '{IMAGE_END}' }}}}"
+        )
+    else:
+        span = "{{- " + _jinja_string(IMAGE_START + IMAGE_TOKEN * int(num_image_tokens) + IMAGE_END) + " }}"
+    # One line per statement and "-" trimming everywhere: transformers renders
+    # with trim_blocks/lstrip_blocks, and no template whitespace may leak into the text.
+    return (
+        "{%- macro render_content(content) %}"
+        "{%- if content is string %}{{- content }}"
+        "{%- else %}{%- for part in content %}"
+        "{%- if part['type'] == 'image' %}" + span + ""
+        "{%- elif part['type'] == 'text' %}{{- part['text'] }}"
+        "{%- else %}{{- raise_exception('unsupported content part type: ' + part['type'] | string) }}"
+        "{%- endif %}{%- endfor %}{%- endif %}"
+        "{%- endmacro %}"
+        "{%- if messages[0]['role'] == 'system' %}"
+        "{{- '<|im_start|>system\\n' + render_content(messages[0]['content']) + '<|im_end|>\\n' }}"
+        "{%- else %}"
+        "{{- '<|im_start|>system\\n' + " + _jinja_string(system_message) + " + '<|im_end|>\\n' }}"
+        "{%- endif %}"
+        "{%- for message in messages %}"
+        "{%- if not (loop.first and message['role'] == 'system') %}"
+        "{{- '<|im_start|>' + message['role'] + '\\n' + render_content(message['content']) + '<|im_end|>' + '\\n' }}"
+        "{%- endif %}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+
+
+# The builtin tokenizer's template: N comes from the caller (``num_image_tokens=``).
+CHATML_TEMPLATE = chatml_template()
 
 # (text, ids) pairs that the published Qwen2.5 tokenizer produces.
 KNOWN_ENCODINGS: list[tuple[str, list[int]]] = [
@@ -146,6 +204,9 @@ def load_tokenizer(name_or_path: str, cache_root: str | None = None) -> Any:
             build_qwen_tokenizer(out_dir)
         tok = AutoTokenizer.from_pretrained(out_dir)
         check_qwen_ids(tok)
+        # The template is code, not cache: a tokenizer cached by an older
+        # lavislite must not keep rendering with that version's template.
+        tok.chat_template = CHATML_TEMPLATE
         return tok
     try:
         return AutoTokenizer.from_pretrained(name_or_path)

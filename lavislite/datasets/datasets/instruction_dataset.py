@@ -33,6 +33,17 @@ class Sample:
     turns: list[dict[str, str]]
 
 
+def clean_text(value: Any) -> str:
+    """Annotation text as it goes into the conversation: surrounding whitespace removed.
+
+    Annotation files often carry stray spaces and newlines around a turn. They
+    are cleaned here, once, when the record is parsed: the chat template then
+    inserts text exactly as given (as Qwen2.5's template does), so training
+    and ``apply_chat_template`` at inference see the same ids.
+    """
+    return str(value).strip()
+
+
 def parse_minigpt4(record: dict[str, Any], where: str) -> Sample:
     """MiniGPT4Qwen: ``{"image", "instruction", "output"}``; lists of equal length for multi-turn."""
     for key in ("image", "instruction", "output"):
@@ -43,7 +54,7 @@ def parse_minigpt4(record: dict[str, Any], where: str) -> Sample:
         raise SampleError(f"{where}: 'instruction' has {len(instructions)} turn(s) but 'output' has {len(outputs)}")
     turns: list[dict[str, str]] = []
     for q, a in zip(instructions, outputs):
-        turns += [{"role": "user", "content": str(q)}, {"role": "assistant", "content": str(a)}]
+        turns += [{"role": "user", "content": clean_text(q)}, {"role": "assistant", "content": clean_text(a)}]
     return Sample(str(record.get("id", where)), [str(x) for x in as_list(record["image"])], turns)
 
 
@@ -60,7 +71,7 @@ def parse_llava(record: dict[str, Any], where: str) -> Sample:
         role = LLAVA_ROLES.get(str(turn.get("from", "")).lower())
         if role is None or "value" not in turn:
             raise SampleError(f"{where}: conversations[{k}] needs 'from' (human/gpt) and 'value', got {turn}")
-        turns.append({"role": role, "content": str(turn["value"])})
+        turns.append({"role": role, "content": clean_text(turn["value"])})
     return Sample(str(record.get("id", where)), [str(x) for x in as_list(record.get("image"))], turns)
 
 

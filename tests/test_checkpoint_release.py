@@ -86,7 +86,7 @@ def test_load_model_and_preprocess_with_finetuned_gives_the_trained_loss(demo_ru
     from lavislite.datasets.datasets.instruction_dataset import collate_chat, parse_minigpt4
     from lavislite.models import load_model_and_preprocess
 
-    release = demo_run / "checkpoint_release.pth"
+    release = demo_run / "release"
     records = json.loads((DEMO_DATA / "minigpt4_instruction.json").read_text())[:8]
 
     def loss_of(model, vis, txt) -> float:  # type: ignore[no-untyped-def]
@@ -113,7 +113,7 @@ def test_the_python_api_prints_the_load_report(demo_run: Path) -> None:
 
     from conftest import REPO, run_env
 
-    release = demo_run / "checkpoint_release.pth"
+    release = demo_run / "release"
     code = f"from lavislite.models import load_model_and_preprocess; load_model_and_preprocess('blip2_qwen', 'demo', finetuned={str(release)!r})"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -22,7 +22,7 @@ def test_torchrun_two_processes_score_every_sample_exactly_once(tmp_path: Path, 
     """Issue 6.1: the bundled eval files have odd sizes, so the two shards differ in length."""
     expected = _ids(DEMO_DATA / ann, key)
     assert len(expected) % 2 == 1
-    proc = launch("evaluate.py", ["--cfg-path", cfg, "--checkpoint", str(demo_run / "checkpoint_release.pth"), "--options", f"run.output_dir={tmp_path}", "run.job_id=e"], nproc=2)
+    proc = launch("evaluate.py", ["--cfg-path", cfg, "--checkpoint", str(demo_run), "--options", f"run.output_dir={tmp_path}", "run.job_id=e"], nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "e" / "results" / f"{name}.json").read_text())
     assert sorted(r["id"] for r in results) == sorted(expected)  # each once, none lost

@@ -22,7 +22,7 @@ EVAL_PROCESSORS = {"vis_processor": {"eval": {"name": "blip_image_eval", "image_
 def trained(demo_run: Path):  # type: ignore[no-untyped-def]
     from lavislite.models import load_model_and_preprocess
 
-    return load_model_and_preprocess("blip2_qwen", "demo", is_eval=True, finetuned=str(demo_run / "checkpoint_release.pth"))
+    return load_model_and_preprocess("blip2_qwen", "demo", is_eval=True, finetuned=str(demo_run / "release"))
 
 
 def _item(vis, txt, image: str, prompt: str, i: int) -> dict:  # type: ignore[no-untyped-def]

@@ -74,7 +74,9 @@ def _by_step(records: list[dict]) -> dict[int, dict]:
 
 
 def _release(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoint_release.pth", weights_only=True)["model"]
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "release" / "model.safetensors")
 
 
 def _kill_when(cmd: list[str], run_dir: Path, ready: str, min_step: int, timeout: float = 400) -> int:

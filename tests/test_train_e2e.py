@@ -23,8 +23,11 @@ def _check_run_folder(run_dir: Path, n_ckpt_tags: int) -> None:
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     tags = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
     assert len(tags) == n_ckpt_tags
-    release = torch.load(run_dir / "checkpoint_release.pth", weights_only=True)
-    assert release["model"] and all(isinstance(v, torch.Tensor) for v in release["model"].values())
+    from safetensors.torch import load_file
+
+    release = load_file(run_dir / "release" / "model.safetensors")
+    assert release and all(v.dtype == torch.float32 for v in release.values())
+    assert (run_dir / "release" / "config.yaml").is_file()
 
 
 def test_demo_trains_and_loss_halves(demo_run: Path) -> None:
@@ -162,7 +165,7 @@ def test_more_accumulation_than_batches_is_an_error_not_an_untrained_model(tmp_p
     proc = launch("train.py", ["--cfg-path", DEMO, "--options", f"run.output_dir={tmp_path}", "run.job_id=acc16", "run.accum_grad_iters=16"])
     assert proc.returncode != 0
     assert "run.accum_grad_iters = 16 but an epoch has only 15 batch(es) per process" in proc.stderr
-    assert not (tmp_path / "acc16" / "checkpoint_release.pth").exists()
+    assert not (tmp_path / "acc16" / "release").exists()
 
 
 def test_config_typo_fails_fast_before_building_anything(tmp_path: Path) -> None:
@@ -192,7 +195,7 @@ def test_evaluate_scores_each_sample_once_and_deterministically(tmp_path: Path, 
     records = json.loads((REPO / "projects" / "demo" / "data" / "minigpt4_instruction.json").read_text())[:59]
     (tmp_path / "train59.json").write_text(json.dumps(records))
     common = [
-        "--cfg-path", DEMO, "--checkpoint", str(demo_run / "checkpoint_release.pth"), "--options",
+        "--cfg-path", DEMO, "--checkpoint", str(demo_run / "release"), "--options",
         f"datasets.minigpt4_instruction.build_info.annotations.train.storage={tmp_path / 'train59.json'}",
         "run.test_splits=[train]", "run.batch_size_eval=4", "run.num_workers=0", f"run.output_dir={tmp_path}",
     ]
@@ -200,7 +203,7 @@ def test_evaluate_scores_each_sample_once_and_deterministically(tmp_path: Path, 
     for nproc in (1, 2):
         proc = launch("evaluate.py", [*common, f"run.job_id=e{nproc}"], nproc=nproc)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert f"tensors from {demo_run / 'checkpoint_release.pth'} (lavislite" in proc.stderr  # the load report
+        assert f"tensors from {demo_run / 'release'} (lavislite" in proc.stderr  # the load report
         run_dir = tmp_path / f"e{nproc}"
         per_sample = json.loads((run_dir / "results" / "minigpt4_instruction_train.json").read_text())
         assert sorted(r["id"] for r in per_sample) == sorted(r["id"] for r in records)  # each sample exactly once

@@ -36,7 +36,7 @@ def load_model(name: str, model_type: str, is_eval: bool = False, device: str | 
         is_eval: put the model in eval mode.
         device: where to move it.
         **overrides: merged over the default config (e.g. ``freeze_llm=False``,
-            ``finetuned="output/demo/JOB/checkpoint_release.pth"``, which loads it).
+            ``finetuned="output/demo/JOB/release"``, which loads it).
     """
     ensure_console_logging()
     cfg = load_model_config(name, model_type, overrides)

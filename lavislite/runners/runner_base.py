@@ -584,11 +584,14 @@ class RunnerBase:
                         params[key].copy_(value.to(params[key].dtype))
 
     def save_release(self) -> None:
-        """A small file with only the trainable weights (gathered under ZeRO-3) and the config."""
+        """``<run>/release/``: only the trainable weights (gathered under ZeRO-3) as safetensors, the
+        merged run config, and with LoRA the adapter in PEFT's own format (``models.release``)."""
+        from lavislite.models.release import write_release
+
         state = self.gather_trainable()
         if dist_utils.is_main_process():
-            path = os.path.join(self.output_dir, "checkpoint_release.pth")
-            torch.save({"model": state, "config": OmegaConf.to_container(self.cfg.config), "global_step": self.global_step}, path)
+            path = os.path.join(self.output_dir, "release")
+            write_release(path, state, OmegaConf.to_container(self.cfg.config), metadata={"global_step": str(self.global_step)})
             logger.info("saved %d trainable tensors to %s", len(state), path)
         dist_utils.barrier()
 

@@ -88,3 +88,17 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = launch("train.py", ["--cfg-path", DEMO, "--options", f"run.output_dir={out}", "run.job_id=demo"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "demo"
+
+
+# The two-process demo run that several tests compare against: 2 epochs, a log record per step.
+TWO_PROC = ["run.max_epoch=2", "run.log_freq=1", "run.num_workers=1", "run.save_freq_epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def zero2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo for 2 epochs on 2 processes (ZeRO-2, one DataLoader worker each), logging every step; trained once."""
+    out = tmp_path_factory.mktemp("zero2")
+    proc = launch("train.py", ["--cfg-path", DEMO, "--options", f"run.output_dir={out}", "run.job_id=full", *TWO_PROC], nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DeepSpeed ZeRO-2, fp32, world size 2, 14 optimizer steps (7 per epoch)" in proc.stderr
+    return out / "full"

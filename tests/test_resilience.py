@@ -7,7 +7,6 @@ whole process group, or a task / runner registered through ``run.imports``
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,8 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEMO, REPO, all_records, free_port, launch, launch_cmd, metrics, run_env
-from test_train_e2e import TWO_PROC
+from conftest import DEMO, REPO, TWO_PROC, free_port, launch, launch_cmd, metrics, run_env
 
 FAULTS = '''
 import os

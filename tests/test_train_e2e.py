@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEMO, DEMO_DATA, REPO, launch, metrics
+from conftest import DEMO, DEMO_DATA, REPO, TWO_PROC, all_records, launch, metrics
 
 
 def _check_run_folder(run_dir: Path, n_ckpt_tags: int) -> None:
@@ -46,19 +46,6 @@ def test_demo_trains_and_loss_halves(demo_run: Path) -> None:
     assert records[-1]["lr"] == pytest.approx(1.0e-4)
 
 
-TWO_PROC = ["run.max_epoch=2", "run.log_freq=1", "run.num_workers=1", "run.save_freq_epochs=1"]
-
-
-@pytest.fixture(scope="module")
-def zero2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo for 2 epochs on 2 processes (ZeRO-2, one DataLoader worker each), logging every step."""
-    out = tmp_path_factory.mktemp("zero2")
-    proc = launch("train.py", ["--cfg-path", DEMO, "--options", f"run.output_dir={out}", "run.job_id=full", *TWO_PROC], nproc=2)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "DeepSpeed ZeRO-2, fp32, world size 2, 14 optimizer steps (7 per epoch)" in proc.stderr
-    return out / "full"
-
-
 def test_torchrun_two_processes_zero2(zero2_run: Path) -> None:
     _check_run_folder(zero2_run, n_ckpt_tags=2)
     records = metrics(zero2_run)
@@ -67,11 +54,16 @@ def test_torchrun_two_processes_zero2(zero2_run: Path) -> None:
     assert records[-1]["loss"] < records[0]["loss"]
 
 
-def test_torchrun_two_processes_zero3_same_losses_as_zero2(tmp_path: Path, zero2_run: Path) -> None:
+def test_torchrun_two_processes_zero3_same_losses_as_zero2_and_its_release_loads(tmp_path: Path, zero2_run: Path) -> None:
+    """ZeRO-3 trains like ZeRO-2; its validation runs the ranks in lockstep (9 samples: shards of 5 and 4);
+    its release, gathered from the partitions, gives in a fresh model the loss the engine gave (issue 8.6)."""
+    val = json.loads((DEMO_DATA / "minigpt4_instruction.json").read_text())[:9]
+    (tmp_path / "val9.json").write_text(json.dumps(val))
+    val_option = f"datasets.minigpt4_instruction.build_info.annotations.val.storage={tmp_path / 'val9.json'}"
     proc = launch(
         "train.py",
         ["--cfg-path", DEMO, "--options", f"run.output_dir={tmp_path}", "run.job_id=z3", "run.deepspeed_config.zero_optimization.stage=3",
-         "run.max_epoch=1", "run.log_freq=1", "run.num_workers=1"],
+         "run.max_epoch=1", "run.log_freq=1", "run.num_workers=1", val_option, "run.valid_splits=[val]", "run.batch_size_eval=2"],
         nproc=2,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -81,6 +73,16 @@ def test_torchrun_two_processes_zero3_same_losses_as_zero2(tmp_path: Path, zero2
     z2 = [r["loss"] for r in metrics(zero2_run)][: len(z3)]
     # Same seed, same data, same augmentations: ZeRO-3 and ZeRO-2 give the same fp32 losses.
     assert z3 == pytest.approx(z2, abs=1e-4)
+    (engine_val,) = [r["valid"]["minigpt4_instruction/val"] for r in all_records(tmp_path / "z3") if "valid" in r]
+    assert engine_val["n_samples"] == 9
+    proc = launch(
+        "evaluate.py",
+        ["--cfg-path", DEMO, "--checkpoint", str(tmp_path / "z3"), "--options", val_option, "run.test_splits=[val]", "run.batch_size_eval=2",
+         "run.num_workers=0", f"run.output_dir={tmp_path}", "run.job_id=z3eval"],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fresh = json.loads((tmp_path / "z3eval" / "metrics.json").read_text())["minigpt4_instruction/val"]
+    assert fresh["loss"] == pytest.approx(engine_val["loss"], abs=1e-5)
 
 
 def test_resume_on_two_processes_with_workers_repeats_every_step_exactly(tmp_path: Path, zero2_run: Path) -> None:

@@ -95,9 +95,36 @@ def _kill_when(cmd: list[str], run_dir: Path, ready: str, min_step: int, timeout
         else:
             raise AssertionError("the run never reached the kill point")
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         proc.wait()
     return killed_at
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILLs a process and all its descendants at once, as a preempted node would.
+
+    torchrun starts each worker in a session of its own, so killing torchrun's
+    process group alone would leave the workers running.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    for member in tree:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def test_kill_9_mid_epoch_then_auto_resume_equals_the_uninterrupted_run(tmp_path: Path, zero2_run: Path) -> None:

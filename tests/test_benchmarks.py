@@ -41,3 +41,21 @@ def test_loss_memory_lean_and_full_agree_and_lean_uses_less(tmp_path: Path) -> N
     assert full["peak_increase_bytes"] > lean["peak_increase_bytes"] > 0
     # 25% supervised: the full-logits peak is several times the lean one
     assert data["ratio_full_over_lean"]["peak_increase"] > 2
+
+
+def test_generation_throughput_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "gen.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "generation_throughput.py"), "--batch-sizes", "1", "2", "--batches", "1", "--new-tokens", "3",
+         "--eval-procs", "1", "--out", str(out)],
+        cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    for key, batch in (("batch_1", 1), ("batch_2", 2)):
+        fig = data["generate"][key]
+        assert fig["samples"] == batch and fig["new_tokens"] == 3 * batch  # min_new_tokens forces every reply's length
+        assert fig["new_tokens_per_sec"] == fig["new_tokens"] / fig["seconds"]
+    evaluation = data["evaluate_demo_caption"]["procs_1"]
+    assert evaluation["samples"] == len(json.loads((REPO / "projects" / "demo" / "data" / "eval_caption.json").read_text()))
+    assert evaluation["eval_samples_per_sec"] > 0

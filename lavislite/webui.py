@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logger()
     model = load_chat_model(args)
 
-    # 3. The app; queued so one reply is generated at a time (the model is not re-entrant-safe on one device).
+    # 3. The app, served until Ctrl-C.
     app = build_app(model, settings, system=args.system)
     logger.info("web chat on http://%s:%d (gradio %s)", args.host, args.port, gr.__version__)
     launch(app, args.host, args.port)
@@ -153,7 +153,16 @@ def build_app(model: Any, settings: dict[str, Any], system: str | None = None) -
 
 
 def launch(app: Any, host: str, port: int, block: bool = True) -> Any:
-    """Serves ``app`` on ``host:port`` (no share link, no server-side rendering: both need outside services)."""
+    """Serves ``app`` on ``host:port``.
+
+    No share link and no server-side rendering: both need outside services.
+    One reply is generated at a time: tabs asking together would only split
+    the device between them, and gradio's queue shows the others their place.
+
+    Args:
+        block: wait until the server stops (Ctrl-C); False returns at once
+            with the server running in a thread (for use from Python).
+    """
     gr = import_gradio()
     kwargs: dict[str, Any] = {"server_name": host, "server_port": port, "share": False, "show_error": True, "prevent_thread_lock": not block}
     params = inspect.signature(app.launch).parameters

@@ -161,3 +161,53 @@ def test_strip_stream_equals_strip_of_the_whole() -> None:
 
     for pieces in (["", " A ", "", "b  ", "\n"], ["  ", " x"], ["\n"], [], ["a", " ", " ", "b"], ["multi\n", "line "]):
         assert "".join(strip_stream(pieces)) == "".join(pieces).strip()
+
+
+# -- model.chat_stream, which both chats stream from ------------------------------------------
+def test_chat_stream_pieces_join_to_the_chat_reply(demo_model: Any) -> None:
+    stream = demo_model.chat_stream([IMAGE], first_turn(), max_new_tokens=MAX_NEW_TOKENS)
+    pieces = list(stream)
+    assert len([p for p in pieces if p]) > 1  # streamed, not handed over at once
+    assert "".join(pieces).strip() == demo_model.chat([IMAGE], first_turn(), max_new_tokens=MAX_NEW_TOKENS)
+    # Beam search cannot stream in transformers: the whole reply comes as one piece.
+    beams = list(demo_model.chat_stream([IMAGE], first_turn(), max_new_tokens=MAX_NEW_TOKENS, num_beams=2))
+    assert beams == [demo_model.chat([IMAGE], first_turn(), max_new_tokens=MAX_NEW_TOKENS, num_beams=2)]
+
+
+def test_chat_stream_raises_instead_of_hanging(demo_model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from lavislite.common.errors import MissingFileError
+    from lavislite.common.schema import ConfigError
+
+    with pytest.raises(MissingFileError, match="no image file at 'no_such.jpg'"):
+        next(demo_model.chat_stream(["no_such.jpg"], first_turn()))
+    with pytest.raises(ConfigError, match="did you mean 'generate.num_beams'"):
+        next(demo_model.chat_stream([IMAGE], first_turn(), num_beam=2))
+
+    # An error inside the generating thread ends the stream and is raised to the reader.
+    def broken_generate(**kwargs: Any) -> Any:
+        raise RuntimeError("generate broke")
+
+    monkeypatch.setattr(demo_model.llm, "generate", broken_generate)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            list(demo_model.chat_stream([IMAGE], first_turn()))
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "chat_stream hung after the generating thread failed"
+    assert len(outcome) == 1 and str(outcome[0]) == "generate broke"
+
+
+def test_cfg_path_with_checkpoint_builds_the_same_model(demo_run: Path, demo_model: Any) -> None:
+    """``--cfg-path`` builds the run config's model; ``--checkpoint`` fills it (as in evaluate.py)."""
+    args = ["--cfg-path", "projects/demo/train.yaml", "--checkpoint", str(demo_run), "--max-new-tokens", str(MAX_NEW_TOKENS)]
+    proc = chat_cli(args, f"/image {IMAGE}\n{Q1}\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert replies(proc.stdout) == [demo_model.chat([IMAGE], first_turn(), max_new_tokens=MAX_NEW_TOKENS)]

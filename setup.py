@@ -43,6 +43,8 @@ setup(
         "console_scripts": [
             "lavislite-train=lavislite.train:cli",
             "lavislite-evaluate=lavislite.evaluate:cli",
+            "lavislite-chat=lavislite.chat:cli",
+            "lavislite-webui=lavislite.webui:cli",
         ]
     },
     install_requires=[
@@ -62,7 +64,11 @@ setup(
     ],
     extras_require={
         # pycocoevalcap: the tests compare the pure-Python caption metrics with it.
-        "dev": ["pytest>=8", "pycocoevalcap>=1.2"],
+        # gradio + selenium: tests/test_webui.py drives the web chat in headless
+        # chromium (the test apt-installs chromium and chromium-driver when missing).
+        "dev": ["pytest>=8", "pycocoevalcap>=1.2", "gradio>=4.44", "selenium>=4.11"],
+        # The web chat (python -m lavislite.webui); nothing else needs gradio.
+        "demo": ["gradio>=4.44"],
         # The reference COCO caption scorer (needs Java); without it captions are scored
         # by lavislite.tasks.metrics' pure-Python backend (no METEOR).
         "eval": ["pycocoevalcap>=1.2"],

@@ -8,8 +8,9 @@ the N ``<|image_pad|>`` tokens the chat processor put in the sequence.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -418,10 +419,12 @@ class Blip2Qwen(BaseModel):
             messages: ``[{"role": "system"|"user"|"assistant", "content": ...}]``;
                 content is a string (``<image>`` placeholders mark the images) or
                 a list of parts (``{"type": "image"}``, ``{"type": "text", "text": ...}``).
-        """
-        from PIL import Image
 
+        Raises:
+            MissingFileError, DataError: an image path that is missing or not an image.
+        """
         from lavislite.datasets.datasets.instruction_dataset import collate_chat
+        from lavislite.processors.transforms import open_rgb_image
 
         vis, txt = self.chat_processors()
         enc = txt(list(messages), num_images=len(images), sample_id="chat", add_generation_prompt=True)
@@ -430,7 +433,7 @@ class Blip2Qwen(BaseModel):
             if isinstance(image, torch.Tensor):
                 tensors.append(image)
             else:
-                pil = Image.open(image) if isinstance(image, str) else image
+                pil = open_rgb_image(image) if isinstance(image, (str, os.PathLike)) else image
                 tensors.append(vis(pil.convert("RGB")))
         sample = {"id": "chat", "image": torch.stack(tensors) if tensors else None, "input_ids": torch.tensor(enc["input_ids"])}
         return collate_chat([sample], pad_token_id=int(self.tokenizer.pad_token_id), padding_side="left")
@@ -448,24 +451,57 @@ class Blip2Qwen(BaseModel):
             streamer: a transformers streamer (``TextIteratorStreamer``) to receive the reply as it is generated.
             **settings: generation settings (``GenerateConfig``: ``max_new_tokens``, ``num_beams``, ...).
         """
-        was_training = self.training
-        self.eval()
-        try:
-            return self.generate(self.chat_inputs(images, messages), streamer=streamer, **settings)[0]  # type: ignore[index]
-        finally:
-            self.train(was_training)
+        return self._generate_eval(self.chat_inputs(images, messages), streamer, settings)
 
-    def chat_stream(self, images: list[Any], messages: list[dict[str, Any]], **settings: Any) -> Any:
-        """Like ``chat``, but yields the reply's text piece by piece while it is generated."""
+    def chat_stream(self, images: list[Any], messages: list[dict[str, Any]], **settings: Any) -> Iterator[str]:
+        """Like ``chat``, but yields the reply's text piece by piece while it is generated.
+
+        The pieces joined give the decoded reply before ``chat``'s strip (a
+        leading space, e.g.). A bad image or message raises here, in the
+        caller's thread, before anything is generated; an error while
+        generating ends the stream and is raised again here. Beam search
+        cannot stream in transformers: with ``num_beams > 1`` the whole reply
+        comes as one piece.
+        """
         import threading
 
         from transformers import TextIteratorStreamer
 
+        from lavislite.common.schema import validate
+        from lavislite.models.generation import GenerateConfig
+
+        checked = validate(GenerateConfig, settings, "generate")
+        # Rendered here, not in the worker: an error in the worker would leave the
+        # streamer without its end marker and the consumer waiting for ever.
+        samples = self.chat_inputs(images, messages)
+        if checked["num_beams"] > 1:
+            yield self._generate_eval(samples, None, settings)
+            return
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        worker = threading.Thread(target=self.chat, args=(images, messages), kwargs={"streamer": streamer, **settings}, daemon=True)
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._generate_eval(samples, streamer, settings)
+            except BaseException as exc:  # noqa: BLE001  (handed to the consumer below)
+                failure.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=work, daemon=True)
         worker.start()
         yield from streamer
         worker.join()
+        if failure:
+            raise failure[0]
+
+    def _generate_eval(self, samples: dict[str, Any], streamer: Any, settings: dict[str, Any]) -> str:
+        """One reply for a batch of one, generated in eval mode (the mode is put back after)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.generate(samples, streamer=streamer, **settings)[0]  # type: ignore[index]
+        finally:
+            self.train(was_training)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the trainable weights (what a release file holds)."""

@@ -9,6 +9,7 @@ a centre crop fallback), ``Resize`` and ``Normalize``.
 from __future__ import annotations
 
 import math
+import os
 import random
 
 import numpy as np
@@ -54,3 +55,22 @@ def normalize(t: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     m = torch.tensor(mean, dtype=t.dtype).view(-1, 1, 1)
     s = torch.tensor(std, dtype=t.dtype).view(-1, 1, 1)
     return (t - m) / s
+
+
+def open_rgb_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Reads an image file fully into memory as RGB.
+
+    Raises:
+        MissingFileError: no file at ``path``.
+        DataError: the file is not an image PIL can read.
+    """
+    from lavislite.common.errors import DataError, MissingFileError
+
+    if not os.path.isfile(path):
+        raise MissingFileError(f"no image file at '{path}'")
+    try:
+        # convert() loads the pixels now, so a truncated file fails here and the file is closed.
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read image '{path}': {exc}") from exc

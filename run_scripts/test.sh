@@ -3,4 +3,11 @@
 # Extra arguments go to pytest, e.g.: bash run_scripts/test.sh -k config
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+# The web-chat test drives a real headless browser (Debian's chromium + chromedriver).
+# Installed here, as set-up, where root can; otherwise the test installs or skips, saying why.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing chromium + chromium-driver (web chat test)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+    || echo "[setup] chromium did not install; tests/test_webui.py will say so"
+fi
 python -m pytest -q tests "$@"

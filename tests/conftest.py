@@ -102,3 +102,22 @@ def zero2_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DeepSpeed ZeRO-2, fp32, world size 2, 14 optimizer steps (7 per epoch)" in proc.stderr
     return out / "full"
+
+
+def demo_data_config(path: Path, builder: str, annotations: Path, run: dict[str, Any], image_size: int = 64) -> Path:
+    """Writes a run config: the demo model trained on one annotation file (demo images), with ``run`` settings."""
+    from omegaconf import OmegaConf
+
+    config = {
+        "model": {"arch": "blip2_qwen", "model_type": "demo"},
+        "datasets": {
+            builder: {
+                "build_info": {"annotations": {"train": {"storage": str(annotations)}}, "images": {"storage": str(DEMO_DATA / "images")}},
+                "vis_processor": {"train": {"name": "blip2_image_train", "image_size": image_size}},
+                "text_processor": {"train": {"name": "qwen_chat", "max_len": 256}},
+            }
+        },
+        "run": {"task": "image_text_pretrain", "precision": "fp32", **run},
+    }
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    return path

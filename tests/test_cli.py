@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO, DEMO_DATA, REPO, launch, run_env
+from conftest import DEMO, DEMO_DATA, REPO, demo_data_config, launch, run_env
 
 
 def _missing_image_config(tmp_path: Path) -> Path:
@@ -21,19 +21,7 @@ def _missing_image_config(tmp_path: Path) -> Path:
     records[2]["image"] = "no_such_image.jpg"
     records[4]["image"] = "gone/also_missing.jpg"
     (tmp_path / "ann.json").write_text(json.dumps(records))
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(
-        f"""
-model: {{arch: blip2_qwen, model_type: demo}}
-datasets:
-  minigpt4_instruction:
-    build_info:
-      annotations: {{train: {{storage: {tmp_path / 'ann.json'}}}}}
-      images: {{storage: {DEMO_DATA / 'images'}}}
-run: {{task: image_text_pretrain, output_dir: {tmp_path / 'out'}, job_id: missing, num_workers: 0}}
-"""
-    )
-    return cfg
+    return demo_data_config(tmp_path / "run.yaml", "minigpt4_instruction", tmp_path / "ann.json", {"output_dir": str(tmp_path / "out"), "job_id": "missing", "num_workers": 0})
 
 
 def test_missing_image_fails_before_the_model_is_built_without_a_traceback(tmp_path: Path) -> None:

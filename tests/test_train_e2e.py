@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEMO, DEMO_DATA, REPO, TWO_PROC, all_records, launch, metrics
+from conftest import DEMO, DEMO_DATA, REPO, TWO_PROC, all_records, demo_data_config, launch, metrics
 
 
 def _check_run_folder(run_dir: Path, n_ckpt_tags: int) -> None:
@@ -119,21 +119,8 @@ def _mixed_config(tmp_path: Path) -> Path:
             rec["conversations"][0]["value"] = rec["conversations"][0]["value"].replace("<image>", "").strip()
         mixed.append(rec)
     (tmp_path / "mixed.json").write_text(json.dumps(mixed))
-    cfg = tmp_path / "mixed.yaml"
-    cfg.write_text(
-        f"""
-model: {{arch: blip2_qwen, model_type: demo}}
-datasets:
-  llava_instruction:
-    build_info:
-      annotations: {{train: {{storage: {tmp_path / 'mixed.json'}}}}}
-      images: {{storage: {DEMO_DATA / 'images'}}}
-    vis_processor: {{train: {{name: blip2_image_train, image_size: 64}}}}
-    text_processor: {{train: {{name: qwen_chat, max_len: 256}}}}
-run: {{task: image_text_pretrain, max_epoch: 1, batch_size_train: 1, precision: fp32, num_workers: 1, log_freq: 1, output_dir: {tmp_path}, job_id: mixed}}
-"""
-    )
-    return cfg
+    run = {"max_epoch": 1, "batch_size_train": 1, "num_workers": 1, "log_freq": 1, "output_dir": str(tmp_path), "job_id": "mixed"}
+    return demo_data_config(tmp_path / "mixed.yaml", "llava_instruction", tmp_path / "mixed.json", run)
 
 
 @pytest.mark.parametrize("stage", [2, 3])

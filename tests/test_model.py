@@ -150,3 +150,20 @@ def test_text_only_batch_gives_every_trainable_parameter_a_gradient(demo) -> Non
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
+
+
+def test_a_random_init_vit_sees_the_image() -> None:
+    """transformers' Blip2VisionConfig initialises with std 1e-10: a random ViT built that way is blind."""
+    from PIL import Image
+
+    from conftest import DEMO_DATA
+
+    torch.manual_seed(0)
+    model, vis, _ = load_model_and_preprocess("blip2_qwen", "demo", is_eval=True)
+    assert model.vision.embeddings.patch_embedding.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    images = sorted((DEMO_DATA / "images").glob("*.jpg"))[:2]
+    x = torch.stack([vis["eval"](Image.open(p)) for p in images])
+    with torch.no_grad():
+        out = model.vision(pixel_values=x).last_hidden_state
+    # Two different images give clearly different ViT features (with std 1e-10 they agree to 1e-5).
+    assert (out[0] - out[1]).abs().mean().item() > 0.1 * out.abs().mean().item()

@@ -39,6 +39,10 @@ class VisionConfig:
     layer_norm_eps: float = 1e-6
     # LAVIS's ln_vision is a torch LayerNorm (eps 1e-5), not the ViT's 1e-6.
     ln_vision_eps: float = 1e-5
+    # Std of the random init (EVA's trunc-normal 0.02). transformers' Blip2VisionConfig
+    # defaults to 1e-10, which leaves a randomly initialised ViT blind: its output
+    # hardly depends on the image (pretrained weights overwrite it either way).
+    initializer_range: float = 0.02
 
 
 @dataclass
@@ -155,6 +159,7 @@ class Blip2Qwen(BaseModel):
                 image_size=v.image_size,
                 patch_size=v.patch_size,
                 layer_norm_eps=v.layer_norm_eps,
+                initializer_range=v.initializer_range,
             )
         )
         self.vision.post_layernorm.eps = v.ln_vision_eps

@@ -314,7 +314,7 @@ def run_benchmark(args: argparse.Namespace, tmp_dir: str) -> dict[str, Any]:
     cfg = Config(library_path(DEMO_CONFIG), config_options(args, tmp_dir))
     run = cfg.run_cfg
     setup_run(cfg, "bench.log")
-    rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
+    world_size = dist_utils.get_world_size()
 
     task = setup_task(cfg)
     datasets = task.build_datasets(cfg)

@@ -10,4 +10,4 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
     || echo "[setup] chromium did not install; tests/test_webui.py will say so"
 fi
-python -m pytest -q tests "$@"
+python -m pytest -q --durations=30 tests "$@"

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "projects" / "demo" / "data"
 DEMO = str(REPO / "projects" / "demo" / "train.yaml")
+
+
+def _small_demo_options(n: int = 60) -> list[str]:
+    """``--options`` that train the demo recipe on the first ``n`` records of each demo file, without validation.
+
+    The mechanics tests (resume, ZeRO stages, accumulation, kills) need a few
+    steps with fixed counts, not the demo's minutes of training; the data are
+    the shipped files' own records, written once per session to a temp folder.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="lavislite-small-demo-"))
+    options = []
+    for builder in ("minigpt4_instruction", "llava_instruction"):
+        records = json.loads((DEMO_DATA / f"{builder}.json").read_text())[:n]
+        (folder / f"{builder}.json").write_text(json.dumps(records))
+        options.append(f"datasets.{builder}.build_info.annotations.train.storage={folder / f'{builder}.json'}")
+    return [*options, "run.batch_size_train=8", "run.valid_splits=[]", "run.test_splits=[]"]
+
+
+# The demo recipe on 60 + 60 records, batch 8, no validation: 15 batches per epoch on one process.
+SMALL = _small_demo_options()
 
 
 def run_env() -> dict[str, str]:
@@ -91,7 +112,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # The two-process demo run that several tests compare against: 2 epochs, a log record per step.
-TWO_PROC = ["run.max_epoch=2", "run.log_freq=1", "run.num_workers=1", "run.save_freq_epochs=1"]
+TWO_PROC = [*SMALL, "run.max_epoch=2", "run.log_freq=1", "run.num_workers=1", "run.save_freq_epochs=1"]
 
 
 @pytest.fixture(scope="session")

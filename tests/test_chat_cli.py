@@ -18,7 +18,7 @@ import pytest
 
 from conftest import DEMO_DATA, REPO, run_env
 
-IMAGE = str(DEMO_DATA / "images" / "shape_040.jpg")
+IMAGE = str(DEMO_DATA / "images" / "shape_288.jpg")
 Q1 = "What colour is the shape?"
 # Answered differently with and without the first turn in the history by the
 # demo model ("It is red." vs "It is a triangle."), so a lost history shows.

@@ -173,7 +173,7 @@ def test_unknown_split_is_an_error_listing_each_datasets_splits() -> None:
         Config(DEMO, ["run.test_splits=[tets]"], purpose="evaluate")
     msg = str(info.value)
     assert "run.test_splits: unknown split 'tets'" in msg
-    assert "The datasets have: minigpt4_instruction: train; llava_instruction: train." in msg
+    assert "did you mean 'test'? The datasets have: minigpt4_instruction: train; llava_instruction: train; vqav2: val, test." in msg
     with pytest.raises(ConfigError, match=r"run.train_splits: unknown split 'trian'; did you mean 'train'\?"):
         Config(DEMO, ["run.train_splits=[trian]"], purpose="train")
     # without a purpose (the Python API) splits are not checked; known splits pass

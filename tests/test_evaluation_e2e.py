@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import DEMO_DATA, REPO, launch
+from lavislite.common.registry import registry
+from lavislite.tasks.metrics import vqa_accuracy
 
 EVAL_CAPTION = str(REPO / "projects" / "demo" / "eval_caption.yaml")
 EVAL_VQA = str(REPO / "projects" / "demo" / "eval_vqa.yaml")
@@ -36,7 +38,11 @@ def test_torchrun_two_processes_score_every_sample_exactly_once(tmp_path: Path, 
         assert split["scorer"] in ("java", "python") and ("METEOR" in split) == (split["scorer"] == "java")
     else:
         assert split["agg_metrics"] == split["overall"] and set(split["perAnswerType"]) == {"other"}
-        assert all(0 <= r["accuracy"] <= 100 for r in results)
+        # each sample scored by the official rule over its ten answers (leave-one-out by position)
+        flat = [{"question_id": r["id"], "answer": r["references"]} for r in results]
+        official = vqa_accuracy(flat, {r["id"]: r["prediction"] for r in results})
+        assert [r["accuracy"] for r in results] == pytest.approx([official["per_question"][r["id"]] for r in results])
+        assert split["overall"] == official["overall"]
     assert "evaluation:\nsplit" in proc.stderr  # the metrics table
 
 
@@ -53,3 +59,21 @@ def test_three_processes_on_two_samples_finish(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "three" / "results" / "vqav2_test.json").read_text())
     assert sorted(r["id"] for r in results) == sorted(q["question_id"] for q in two)
+
+
+def test_vqa_task_scores_a_right_answer_100_when_the_humans_agree() -> None:
+    """Nine equal answers and one other: the majority answer scores 100, the tenth 30, anything else 0.
+
+    The official code leaves out each answer *dict* and drops every dict equal to
+    it, so the task numbers its answer dicts (as VQAv2's answer_id does); with
+    nine equal dicts dropped together, "red" used to score 10.
+    """
+    task = registry.get_task_class("vqa")()
+    refs = ["red"] * 9 + ["dark red"]
+    results = [
+        {"id": i, "prediction": p, "references": refs, "answer_type": "other", "question_type": "what color is the"}
+        for i, p in enumerate(["red", "dark red", "blue"])
+    ]
+    metrics = task.compute_metrics(results, dataset=None)
+    assert [r["accuracy"] for r in results] == pytest.approx([100.0, 30.0, 0.0])
+    assert metrics["overall"] == pytest.approx(round(100 * (1 + 0.3 + 0) / 3, 2))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEMO, REPO, TWO_PROC, free_port, launch, launch_cmd, metrics, run_env
+from conftest import DEMO, REPO, SMALL, TWO_PROC, free_port, launch, launch_cmd, metrics, run_env
 
 FAULTS = '''
 import os
@@ -24,7 +24,7 @@ import signal
 
 from lavislite.common.registry import registry
 from lavislite.runners.runner_base import RunnerBase
-from lavislite.tasks.base_task import ImageTextPretrainTask
+from lavislite.tasks.generation_tasks import VQATask
 
 
 @registry.register_runner("dies_while_saving")
@@ -37,7 +37,7 @@ class DiesWhileSaving(RunnerBase):
 
 
 @registry.register_task("fails_on_rank1")
-class FailsOnRank1(ImageTextPretrainTask):
+class FailsOnRank1(VQATask):
     calls = 0
 
     def train_step(self, model, samples):
@@ -48,12 +48,12 @@ class FailsOnRank1(ImageTextPretrainTask):
 
 
 @registry.register_task("nan_for_one_sample")
-class NaNForOneSample(ImageTextPretrainTask):
-    """The loss of any batch holding sample mg_single_0003 is NaN."""
+class NaNForOneSample(VQATask):
+    """The loss of any batch holding sample mg_colour_0003 is NaN."""
 
     def train_step(self, model, samples):
         out = super().train_step(model, samples)
-        if "mg_single_0003" in samples["ids"]:
+        if "mg_colour_0003" in samples["ids"]:
             out["loss"] = out["loss"] * float("nan")
         return out
 '''
@@ -148,7 +148,7 @@ def test_kill_9_mid_epoch_then_auto_resume_equals_the_uninterrupted_run(tmp_path
         torch.testing.assert_close(final[key], expected[key], atol=1e-6, rtol=0)
 
 
-ITER = ["run.runner=runner_iter", "run.max_iters=8", "run.iters_per_inner_epoch=4", "run.log_freq=1", "run.num_workers=1", "run.save_freq_epochs=1"]
+ITER = [*SMALL, "run.runner=runner_iter", "run.max_iters=8", "run.iters_per_inner_epoch=4", "run.log_freq=1", "run.num_workers=1", "run.save_freq_epochs=1"]
 
 
 def test_kill_9_and_resume_under_runner_iter(tmp_path: Path) -> None:
@@ -174,7 +174,7 @@ def test_kill_9_and_resume_under_runner_iter(tmp_path: Path) -> None:
 
 def test_a_save_killed_half_way_is_skipped_and_resume_takes_the_previous_one(tmp_path: Path, faults: Path) -> None:
     """Issue 8.2: step_4's files are written but the process dies before its COMPLETE marker."""
-    common = ["run.max_epoch=1", "run.max_steps=6", "run.save_freq_steps=2", "run.log_freq=1", "run.num_workers=0", f"run.imports=[{faults}]"]
+    common = [*SMALL, "run.max_epoch=1", "run.max_steps=6", "run.save_freq_steps=2", "run.log_freq=1", "run.num_workers=0", f"run.imports=[{faults}]"]
     proc = launch("train.py", ["--cfg-path", DEMO, "--options", f"run.output_dir={tmp_path}", "run.job_id=s", "run.runner=dies_while_saving", *common])
     assert proc.returncode == -signal.SIGKILL
     ckpts = tmp_path / "s" / "checkpoints"
@@ -194,7 +194,7 @@ def test_a_failing_rank_ends_every_rank_with_its_traceback(tmp_path: Path, fault
     start = time.time()
     proc = launch(
         "train.py",
-        ["--cfg-path", DEMO, "--options", f"run.output_dir={tmp_path}", "run.job_id=f", "run.task=fails_on_rank1", f"run.imports=[{faults}]",
+        ["--cfg-path", DEMO, "--options", *SMALL, f"run.output_dir={tmp_path}", "run.job_id=f", "run.task=fails_on_rank1", f"run.imports=[{faults}]",
          "run.dist_timeout_minutes=0.5", "run.num_workers=0"],
         nproc=2, timeout=300,
     )
@@ -226,16 +226,16 @@ def test_two_nodes_on_one_machine_give_the_one_launch_losses(tmp_path: Path, zer
 
 
 def test_nonfinite_loss_stop_names_the_step_and_samples(tmp_path: Path, faults: Path) -> None:
-    proc = launch("train.py", ["--cfg-path", DEMO, "--options", f"run.output_dir={tmp_path}", "run.job_id=n", "run.task=nan_for_one_sample",
+    proc = launch("train.py", ["--cfg-path", DEMO, "--options", *SMALL, f"run.output_dir={tmp_path}", "run.job_id=n", "run.task=nan_for_one_sample",
                                f"run.imports=[{faults}]", "run.num_workers=0"])
     assert proc.returncode != 0
     assert "NonFiniteLossError: non-finite loss at optimizer step" in proc.stderr
-    assert "'mg_single_0003'" in proc.stderr and "run.on_nonfinite_loss=stop" in proc.stderr
+    assert "'mg_colour_0003'" in proc.stderr and "run.on_nonfinite_loss=stop" in proc.stderr
 
 
 def test_nonfinite_loss_skip_counts_and_stops_after_the_limit(tmp_path: Path, faults: Path) -> None:
     """``skip``: the batch adds a zero gradient and is counted; one more than max_nonfinite_steps stops the run."""
-    proc = launch("train.py", ["--cfg-path", DEMO, "--options", f"run.output_dir={tmp_path}", "run.job_id=n", "run.task=nan_for_one_sample",
+    proc = launch("train.py", ["--cfg-path", DEMO, "--options", *SMALL, f"run.output_dir={tmp_path}", "run.job_id=n", "run.task=nan_for_one_sample",
                                f"run.imports=[{faults}]", "run.num_workers=0", "run.on_nonfinite_loss=skip", "run.max_nonfinite_steps=1",
                                "run.max_epoch=2", "run.log_freq=1"])
     assert proc.returncode != 0

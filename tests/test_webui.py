@@ -22,7 +22,7 @@ import pytest
 
 from conftest import DEMO_DATA, REPO, free_port, run_env
 
-IMAGE = str(DEMO_DATA / "images" / "shape_040.jpg")
+IMAGE = str(DEMO_DATA / "images" / "shape_288.jpg")
 Q1 = "What colour is the shape?"
 Q2 = "Say it again."  # answered differently without turn 1 in the history (see test_chat_cli)
 MAX_NEW_TOKENS = 24

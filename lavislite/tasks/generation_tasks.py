@@ -76,8 +76,16 @@ class VQATask(GenerationTask):
     Config = VQATaskConfig
 
     def compute_metrics(self, results: list[dict[str, Any]], dataset: Dataset) -> dict[str, Any]:
+        # The official rule leaves out each answer *dict* in turn and drops every dict
+        # equal to it: without VQAv2's distinct answer_ids, nine equal "red" dicts
+        # would all be dropped together (a right answer would score 10%).
         annotations = [
-            {"question_id": r["id"], "answers": [{"answer": a} for a in r["references"]], "answer_type": r["answer_type"], "question_type": r["question_type"]}
+            {
+                "question_id": r["id"],
+                "answers": [{"answer": a, "answer_id": i + 1} for i, a in enumerate(r["references"])],
+                "answer_type": r["answer_type"],
+                "question_type": r["question_type"],
+            }
             for r in results
         ]
         accuracy = vqa_accuracy(annotations, {r["id"]: r["prediction"] for r in results})

@@ -165,10 +165,11 @@ def test_strip_stream_equals_strip_of_the_whole() -> None:
 
 # -- model.chat_stream, which both chats stream from ------------------------------------------
 def test_chat_stream_pieces_join_to_the_chat_reply(demo_model: Any) -> None:
-    stream = demo_model.chat_stream([IMAGE], first_turn(), max_new_tokens=MAX_NEW_TOKENS)
-    pieces = list(stream)
+    # a caption request: a reply of several tokens ("A small red circle on a light background.")
+    describe = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": " Describe the image briefly."}]}]
+    pieces = list(demo_model.chat_stream([IMAGE], describe, max_new_tokens=MAX_NEW_TOKENS))
     assert len([p for p in pieces if p]) > 1  # streamed, not handed over at once
-    assert "".join(pieces).strip() == demo_model.chat([IMAGE], first_turn(), max_new_tokens=MAX_NEW_TOKENS)
+    assert "".join(pieces).strip() == demo_model.chat([IMAGE], describe, max_new_tokens=MAX_NEW_TOKENS)
     # Beam search cannot stream in transformers: the whole reply comes as one piece.
     beams = list(demo_model.chat_stream([IMAGE], first_turn(), max_new_tokens=MAX_NEW_TOKENS, num_beams=2))
     assert beams == [demo_model.chat([IMAGE], first_turn(), max_new_tokens=MAX_NEW_TOKENS, num_beams=2)]

@@ -226,8 +226,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
     Image.effect_noise((50, 70), 60).convert("RGB").save(hf_side / "noise.png")
     Image.radial_gradient("L").convert("RGB").resize((90, 60)).save(hf_side / README_IMAGE)
 
-    # The demo model, every part trainable: its release holds every weight.
-    run = Config(DEMO)
+    # The demo model, every part trainable (no frozen pretrained ViT): its release holds every weight.
+    run = Config(DEMO, options=["model.freeze_vit=false", "model.load_pretrained=false"])
     plain = Blip2Qwen.from_config(run.model_cfg).eval()
     randomise(plain.named_parameters(), seed=1)
     run_config = OmegaConf.to_container(run.config, resolve=True)
@@ -370,7 +370,7 @@ def test_hf_loader_sets_aside_an_llm_that_does_not_fit(world: SimpleNamespace) -
 
     cfg = dataclasses.asdict(world.plain.cfg)
     cfg["llm_config"] = {**cfg["llm_config"], "hidden_size": 32, "intermediate_size": 64}
-    cfg["pretrained"] = str(world.hf_side / "exported")
+    cfg.update(load_pretrained=True, vit_pretrained="", pretrained=str(world.hf_side / "exported"))
     other = Blip2Qwen.from_config(cfg)
     report = other.load_reports[-1]
     assert report.parts == ["vit", "ln_vision", "qformer", "queries"]

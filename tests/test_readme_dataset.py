@@ -38,7 +38,8 @@ def test_readme_builder_registers_by_import_and_trains_two_steps(tmp_path: Path)
     cmd = [sys.executable, str(REPO / "train.py"), *argv[2:], "--options", "run.max_steps=2", "run.log_freq=1", "run.job_id=readme"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "dataset my_captions/train: 8 samples" in proc.stderr
+    n_captions = len(json.loads((REPO / "projects" / "demo" / "data" / "eval_caption.json").read_text()))
+    assert f"dataset my_captions/train: {n_captions} samples" in proc.stderr
     run_dir = tmp_path / "output" / "my_captions" / "readme"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]

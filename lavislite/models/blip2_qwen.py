@@ -210,18 +210,28 @@ class Blip2Qwen(BaseModel):
         }
 
     def load_weights(self) -> list[LoadReport]:
-        """Loads vit_pretrained, then pretrained, then finetuned (when set); returns the reports.
+        """Loads vit_pretrained, then pretrained (also those a finetuned release was trained on), then finetuned; returns the reports.
 
         Raises:
             ValueError: if the finetuned file fills nothing, or leaves trained weights unused.
         """
+        from lavislite.models.release import release_base_weights
+
         c = self.cfg
-        paths = [p for p in ([c.vit_pretrained, c.pretrained] if c.load_pretrained else []) if p]
-        reports = [load_checkpoint(self, resolve_weights_path(p)) for p in paths]
+        finetuned = resolve_weights_path(c.finetuned) if c.finetuned and c.load_finetuned is not False else ""
+        bases = {"vit_pretrained": c.vit_pretrained, "pretrained": c.pretrained} if c.load_pretrained else {}
+        # A release holds only what trained: the frozen parts it was trained on
+        # (its config's vit_pretrained / pretrained) load first, or they would
+        # keep random weights and the model would answer nonsense, silently.
+        for key, path in (release_base_weights(finetuned) if finetuned else {}).items():
+            if not bases.get(key):
+                logger.warning("%s was trained on top of model.%s=%s (frozen, not in the release): loading that first", finetuned, key, path)
+                bases[key] = path
+        reports = [load_checkpoint(self, resolve_weights_path(p)) for p in bases.values() if p]
         if c.finetuned and c.load_finetuned is False:
             logger.warning("model.finetuned=%s is set but model.load_finetuned is false: NOT loading it", c.finetuned)
         elif c.finetuned:
-            report = load_checkpoint(self, resolve_weights_path(c.finetuned))
+            report = load_checkpoint(self, finetuned)
             check_finetuned(report)
             reports.append(report)
         elif c.load_finetuned:

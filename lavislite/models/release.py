@@ -305,6 +305,27 @@ def resolve_checkpoint(path: str) -> str:
     )
 
 
+def release_base_weights(path: str) -> dict[str, str]:
+    """The base weights (``vit_pretrained``, ``pretrained``) a lavislite release was trained on.
+
+    A release holds only the weights that trained; the frozen parts (a
+    pretrained ViT, a stage-1 Q-Former) come from the files its config names,
+    read again at load time. Returns ``{key: path}`` for those set in the
+    release's config, or ``{}`` for a checkpoint that is not a release folder
+    (an export or a ``.pth`` holds every weight it needs).
+    """
+    try:
+        folder = resolve_checkpoint(path)
+    except MissingFileError:
+        return {}
+    if not os.path.isdir(folder) or is_hf_export(folder) or not _is_release(folder):
+        return {}
+    model = read_release_config(folder)["model"]
+    if model.get("load_pretrained") is False:
+        return {}
+    return {key: str(model[key]) for key in ("vit_pretrained", "pretrained") if model.get(key)}
+
+
 def read_release_config(path: str) -> dict[str, Any]:
     """The run config stored with a checkpoint (release folder, export folder or ``.pth``).
 

@@ -14,7 +14,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,11 +25,17 @@ from lavislite.common import dist_utils
 from lavislite.common.config import Config
 from lavislite.common.logger import logger
 from lavislite.common.registry import registry
+from lavislite.models.generation import GenerateConfig
 
 
 @dataclass
 class TaskConfig:
     """Task-owned keys of the ``run`` section (merged with the runner's schema)."""
+
+    # Generation settings, used by the tasks that generate (captioning, vqa).
+    # Every task accepts them, so one run config can switch ``run.task`` (e.g.
+    # to score the loss of training data) without deleting keys.
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
 def strided_shard(size: int, rank: int, world_size: int) -> list[int]:

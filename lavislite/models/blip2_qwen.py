@@ -8,6 +8,7 @@ the N ``<|image_pad|>`` tokens the chat processor put in the sequence.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
@@ -116,6 +117,25 @@ class Blip2QwenConfig:
         if data["load_finetuned"] is True and not data["finetuned"]:
             problems.append("load_finetuned: true but finetuned is empty; name the checkpoint to load")
         return problems
+
+
+@contextlib.contextmanager
+def zero3_gathered(params: list[nn.Parameter]) -> Iterator[None]:
+    """Gathers ZeRO-3 partitioned parameters for the block, on every rank (a no-op otherwise).
+
+    DeepSpeed gathers a module's parameters when its ``forward`` runs. ``generate``
+    is not ``forward``: the submodules it calls (ViT, Q-Former, projection, LLM)
+    still gather theirs, but the model's own parameters (the queries) stay
+    partitioned (empty) unless gathered here.
+    """
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        yield
 
 
 def build_llm_config(cfg: Blip2QwenConfig) -> Any:
@@ -387,7 +407,8 @@ class Blip2Qwen(BaseModel):
         from lavislite.models.generation import GenerateConfig, hf_generate_kwargs
 
         config = instantiate(GenerateConfig, validate(GenerateConfig, settings, "generate"))
-        embeds = self.embed(samples)
+        with zero3_gathered(list(self.parameters(recurse=False))):
+            embeds = self.embed(samples)
         attention_mask = samples["attention_mask"].to(embeds.device)
         end_id = int(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
         pad_id = int(self.tokenizer.pad_token_id)

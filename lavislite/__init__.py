@@ -5,8 +5,19 @@ runner and lr scheduler. Heavy libraries (deepspeed, timm, transformers model
 code) load only when used.
 """
 
-from lavislite.common.registry import registry
-from lavislite.common.utils import default_cache_root, library_root
+import os
+
+# Idle OpenMP threads sleep instead of spinning. Set before torch is imported
+# (the OpenMP runtime reads it when it loads; DataLoader workers inherit it):
+# with torch's spinning default, a process that shares its cores with anything
+# (its own DataLoader workers, another job) ran 1.6x slower on the 2-core demo
+# machine, while on a quiet machine both are equally fast (benchmarks/thread_settings.py).
+# LAVISLITE_THREADS=torch keeps torch's defaults; an OMP_WAIT_POLICY already set wins.
+if os.environ.get("LAVISLITE_THREADS") != "torch":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from lavislite.common.registry import registry  # noqa: E402
+from lavislite.common.utils import default_cache_root, library_root  # noqa: E402
 
 registry.register_path("library_root", str(library_root()))
 registry.register_path("cache_root", default_cache_root())

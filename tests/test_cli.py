@@ -135,6 +135,15 @@ def test_common_imports_nothing_above_it() -> None:
     assert offenders == []
 
 
+def test_importing_lavislite_makes_idle_openmp_threads_sleep() -> None:
+    """OMP_WAIT_POLICY=PASSIVE is set before torch loads (LAVISLITE_THREADS=torch and a user's value are kept)."""
+    code = "import lavislite, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    for extra, expected in (({}, "PASSIVE"), ({"LAVISLITE_THREADS": "torch"}, "None"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")):
+        env = {k: v for k, v in run_env().items() if k not in ("OMP_WAIT_POLICY", "LAVISLITE_THREADS")}
+        proc = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True, timeout=120)
+        assert proc.stdout.strip() == expected, (extra, proc.stderr[-2000:])
+
+
 @pytest.mark.parametrize("threads_env", [None, "3"])
 def test_thread_settings(threads_env: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
@@ -147,11 +156,13 @@ def test_thread_settings(threads_env: str | None, monkeypatch: pytest.MonkeyPatc
             monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
             monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
             cores = len(os.sched_getaffinity(0))
-            assert configure_threads(num_workers=1) == max(1, cores - 1) == torch.get_num_threads()
+            assert configure_threads() == cores == torch.get_num_threads()  # one process: every core
             monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
-            assert configure_threads(num_workers=2) == 1
+            assert configure_threads() == 1  # a process per core: one each
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores * 2))
+            assert configure_threads() == 1  # never none
         else:
             monkeypatch.setenv("OMP_NUM_THREADS", threads_env)
-            assert configure_threads(num_workers=1) == torch.get_num_threads() == before  # the user's setting wins
+            assert configure_threads() == torch.get_num_threads() == before  # the user's setting wins
     finally:
         torch.set_num_threads(before)

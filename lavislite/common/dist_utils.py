@@ -91,16 +91,21 @@ def select_deepspeed_accelerator(cache_root: str | None = None) -> None:
         os.environ["TORCH_EXTENSIONS_DIR"] = os.path.join(cache_root, "torch_extensions", f"{os.path.basename(sys.prefix)}-{env_id}")
 
 
-def configure_threads(num_workers: int) -> int:
+def configure_threads() -> int:
     """Sets torch's intra-op threads of this process to its share of the cores.
 
-    Each process gets ``cores / processes on this node``, minus one core per
-    DataLoader worker (workers run one thread each, see
-    ``datasets.samplers.worker_init``), and at least one. With the default
-    (one thread per core in every process), the main process and its workers
-    oversubscribe the cores and a shared 2-core machine trains several times
-    slower. An explicit ``OMP_NUM_THREADS`` wins; ``LAVISLITE_THREADS=torch``
-    keeps torch's own defaults everywhere (the benchmark's "old" setting).
+    Each process gets ``cores / processes on this node`` (at least one);
+    DataLoader workers run one thread each (``datasets.samplers.worker_init``).
+    With torch's default (one thread per core in every process) two processes
+    on one node oversubscribe the cores. Threads that would wait on a busy core
+    sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE``, set when ``lavislite``
+    is imported), so the main process keeps every core of its share on a quiet
+    machine and loses little when its workers or another job share them:
+    ``benchmarks/thread_settings.py`` measures both. The workers are not
+    subtracted: they mostly wait, and one thread less cost the demo 30% on a
+    quiet 2-core machine. An explicit ``OMP_NUM_THREADS`` wins;
+    ``LAVISLITE_THREADS=torch`` keeps torch's own defaults everywhere (the
+    benchmark's "old" setting).
 
     Returns:
         The thread count in effect.
@@ -112,7 +117,7 @@ def configure_threads(num_workers: int) -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
-    threads = max(1, per_process - num_workers)
+    threads = max(1, per_process)
     torch.set_num_threads(threads)
     return threads
 

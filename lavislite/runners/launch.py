@@ -43,7 +43,7 @@ def setup_run(cfg: Config, log_name: str) -> RunContext:
     output_dir = os.path.join(run.output_dir, job_id)
     setup_logger(os.path.join(output_dir, log_name))
     set_seed(run.seed + dist_utils.get_rank())
-    threads = dist_utils.configure_threads(run.num_workers)
+    threads = dist_utils.configure_threads()
     logger.info("config:\n%s", cfg.to_yaml(), extra=FILE_ONLY)
     logger.info(
         "run folder %s (full config in config.yaml and %s); %d process(es), %d torch thread(s) each, %d DataLoader worker(s)",

@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     from lavislite.common.config import load_config
 
     cfg = load_config(args, purpose="train")
+    if cfg.run_cfg.resume_ckpt_path:  # a named checkpoint that is not there fails now, not after the model is built
+        from lavislite.runners.checkpoints import check_resumable
+
+        check_resumable(cfg.run_cfg.resume_ckpt_path)
 
     # 2. Distributed set-up, job id, logging, seeds, threads.
     from lavislite.runners.launch import setup_run

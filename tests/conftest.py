@@ -46,7 +46,6 @@ def run_env() -> dict[str, str]:
     env = dict(os.environ)
     env["DS_ACCELERATOR"] = "cpu"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
     # gloo all-reduces; no 1-2 minute compile of DeepSpeed's CPU shared-memory op per fresh environment
     env.setdefault("LAVISLITE_DS_SHM_OP", "0")
     return env

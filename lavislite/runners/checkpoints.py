@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lavislite.common.errors import MissingFileError
 from lavislite.common.logger import logger
 
 MARKER = "COMPLETE"
@@ -63,6 +64,20 @@ def rng_file(tag_dir: str, rank: int) -> str:
 
 def is_complete(tag_dir: str) -> bool:
     return os.path.isfile(os.path.join(tag_dir, MARKER))
+
+
+def check_resumable(path: str) -> None:
+    """Raises unless ``path`` is a complete checkpoint folder (``.../checkpoints/<tag>``).
+
+    Raises:
+        MissingFileError: no checkpoint there, or one whose write never finished.
+    """
+    path = os.path.normpath(path)
+    # DeepSpeed asserts (no message) on a missing folder; say what is wrong.
+    if not os.path.isdir(path):
+        raise MissingFileError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")
+    if not is_complete(path):
+        raise MissingFileError(f"run.resume_ckpt_path: {path} is incomplete (no {MARKER} marker: its write did not finish); pick an earlier one")
 
 
 def write_atomic(path: str, text: str) -> None:

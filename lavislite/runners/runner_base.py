@@ -644,11 +644,7 @@ class RunnerBase:
         """
         path = os.path.normpath(path)
         load_dir, tag = os.path.split(path)
-        # DeepSpeed asserts (no message) on a missing folder; say what is wrong.
-        if not os.path.isdir(path):
-            raise MissingFileError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")
-        if not ckpt.is_complete(path):
-            raise MissingFileError(f"run.resume_ckpt_path: {path} is incomplete (no {ckpt.MARKER} marker: its write did not finish); pick an earlier one")
+        ckpt.check_resumable(path)
         loaded, _ = self.engine.load_checkpoint(load_dir, tag=tag, load_module_strict=False)
         if loaded is None:
             raise MissingFileError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")

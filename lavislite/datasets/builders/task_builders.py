@@ -8,6 +8,7 @@ the captioning / VQA metrics score against.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from lavislite.common.registry import registry
 from lavislite.common.utils import as_list
 from lavislite.datasets.builders.base_builder import BaseDatasetBuilder, BuilderConfig
 from lavislite.datasets.datasets.generation_dataset import GenerationDataset, PromptSample
-from lavislite.datasets.datasets.instruction_dataset import InstructionDataset, Sample, read_json_file
+from lavislite.datasets.datasets.instruction_dataset import InstructionDataset, Sample, read_json_file, read_records, require_keys
 from lavislite.processors.chat_processor import SampleError
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -55,10 +56,11 @@ class CocoCaptionBuilder(BaseDatasetBuilder):
             return dataset_cls(read=lambda paths: read_caption_eval(paths, prompt), **kwargs)
 
         def parse(record: dict[str, Any], where: str) -> Sample:
-            _require(record, ("image", "caption", "image_id"), where)
+            require_keys(record, ("image", "caption", "image_id"), where)
             captions = as_list(record["caption"])
             return Sample(
-                id=f"{record['image_id']}@{where.rsplit('[', 1)[-1].split(']')[0]}",
+                # One record per caption: the image id repeats, its position in the file does not.
+                id=f"{record['image_id']}@{_position(where)}",
                 images=[str(record["image"])],
                 turns=[{"role": "user", "content": prompt}, {"role": "assistant", "content": str(captions[0]).strip()}],
             )
@@ -66,18 +68,22 @@ class CocoCaptionBuilder(BaseDatasetBuilder):
         return dataset_cls(parse=parse, **kwargs)
 
 
+def _position(where: str) -> str:
+    """The index (``file[3]``) or line (``file line 4``) of a record's location."""
+    found = re.search(r"\[(\d+)\]|line (\d+)", where.rsplit("/", 1)[-1])
+    return (found.group(1) or found.group(2)) if found else where
+
+
 def read_caption_eval(paths: list[str], prompt: str) -> list[PromptSample]:
     """Karpathy val/test entries -> one prompt per image, its captions as references."""
     samples: list[PromptSample] = []
     for path in paths:
-        for i, record in enumerate(_json_list(path)):
-            where = f"{path}[{i}]"
-            _require(record, ("image", "caption", "image_id"), where)
+        for where, record in read_records(path):
+            require_keys(record, ("image", "caption", "image_id"), where)
             refs = [str(c) for c in as_list(record["caption"])]
             if not refs:
                 raise SampleError(f"{where}: no reference caption")
-            samples.append(PromptSample(id=record["image_id"], images=[str(record["image"])], prompt=prompt, references=refs))
-    _unique(samples, paths)
+            samples.append(PromptSample(id=record["image_id"], images=[str(record["image"])], prompt=prompt, references=refs, where=where))
     return samples
 
 
@@ -145,44 +151,25 @@ def read_vqa(paths: list[str], image_pattern: str, prompt: str) -> list[PromptSa
             if ann is None:
                 raise SampleError(f"{where}: question {q['question_id']} has no entry in {a_path}")
             image = image_pattern.format(data_subtype=subtype, image_id=int(q["image_id"]))
-            samples.append(_vqa_sample(q["question_id"], image, q["question"], [a["answer"] for a in ann["answers"]], ann, prompt))
+            samples.append(_vqa_sample(q["question_id"], image, q["question"], [a["answer"] for a in ann["answers"]], ann, prompt, where))
     else:
         for path, data in loaded:
             if not isinstance(data, list):
                 raise SampleError(f"{path}: expected a JSON list of questions or the official {{'questions': ...}} / {{'annotations': ...}} files")
-            for i, record in enumerate(data):
-                where = f"{path}[{i}]"
-                _require(record, ("question_id", "image", "question", "answer"), where)
-                samples.append(_vqa_sample(record["question_id"], str(record["image"]), record["question"], as_list(record["answer"]), record, prompt))
-    _unique(samples, paths)
+            # A JSON-lines file is read again for its line numbers; a JSON list is not re-read.
+            located = read_records(path) if path.endswith(".jsonl") else [(f"{path}[{i}]", r) for i, r in enumerate(data)]
+            for where, record in located:
+                require_keys(record, ("question_id", "image", "question", "answer"), where)
+                samples.append(_vqa_sample(record["question_id"], str(record["image"]), record["question"], as_list(record["answer"]), record, prompt, where))
+    # Unique question ids are required where answers are scored (GenerationDataset);
+    # the train split renames repeats instead (InstructionDataset).
     return samples
 
 
-def _vqa_sample(question_id: Any, image: str, question: str, answers: list[Any], record: dict[str, Any], prompt: str) -> PromptSample:
+def _vqa_sample(question_id: Any, image: str, question: str, answers: list[Any], record: dict[str, Any], prompt: str, where: str) -> PromptSample:
     if not answers:
-        raise SampleError(f"question {question_id}: no answers")
+        raise SampleError(f"{where}: question {question_id}: no answers")
     extra = {"answer_type": str(record.get("answer_type", "other")), "question_type": str(record.get("question_type", "")), "question": str(question)}
-    return PromptSample(id=question_id, images=[image], prompt=prompt.replace("{question}", str(question).strip()), references=[str(a) for a in answers], extra=extra)
-
-
-def _json_list(path: str) -> list[dict[str, Any]]:
-    data = read_json_file(path)
-    if not isinstance(data, list):
-        raise SampleError(f"{path}: expected a JSON list, got {type(data).__name__}")
-    return data
-
-
-def _require(record: Any, keys: tuple[str, ...], where: str) -> None:
-    if not isinstance(record, dict):
-        raise SampleError(f"{where}: expected an object, got {type(record).__name__}")
-    missing = [k for k in keys if k not in record]
-    if missing:
-        raise SampleError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)} (needs {', '.join(keys)})")
-
-
-def _unique(samples: list[PromptSample], paths: list[str]) -> None:
-    seen: set[str] = set()
-    for s in samples:
-        if str(s.id) in seen:
-            raise SampleError(f"duplicate id {s.id!r} in {', '.join(paths)}")
-        seen.add(str(s.id))
+    return PromptSample(
+        id=question_id, images=[image], prompt=prompt.replace("{question}", str(question).strip()), references=[str(a) for a in answers], extra=extra, where=where
+    )

@@ -14,17 +14,41 @@ import torch
 from torch.utils.data import Dataset
 
 from lavislite.datasets.datasets.instruction_dataset import check_images_exist, collate_chat, load_image_tensor
+from lavislite.processors.chat_processor import SampleError
 
 
 @dataclass
 class PromptSample:
-    """One evaluation item: its id, image files, the user's prompt, the references and extra fields for the metric."""
+    """One evaluation item: its id, image files, the user's prompt, the references and extra fields for the metric.
+
+    ``where`` locates its record (``file[index]``), for messages.
+    """
 
     id: Any
     images: list[str]
     prompt: str
     references: list[str]
     extra: dict[str, Any] = field(default_factory=dict)
+    where: str = ""
+
+
+def require_unique_ids(samples: list[PromptSample], ann_paths: list[str]) -> None:
+    """Refuses an evaluation set in which two records share an id.
+
+    Results are gathered and scored by id (a VQA question id, a COCO image
+    id), so a repeated id would score one answer twice or lose one.
+
+    Raises:
+        SampleError: naming the id and both records (file and index of each).
+    """
+    first: dict[str, PromptSample] = {}
+    for s in samples:
+        key = str(s.id)
+        if key in first:
+            a, b = first[key].where, s.where
+            where = f"{a} and {b}" if a and b else f"two records of {', '.join(ann_paths)}"
+            raise SampleError(f"duplicate id {s.id!r}: {where}; evaluation results are keyed by id, so each record needs its own")
+        first[key] = s
 
 
 class GenerationDataset(Dataset):
@@ -50,11 +74,10 @@ class GenerationDataset(Dataset):
         self.text_processor = text_processor
         self.vis_root = vis_root
         self.samples = read(ann_paths)
+        require_unique_ids(self.samples, ann_paths)
         for s in self.samples:
             found = text_processor.count_placeholders(s.prompt)
             if found != len(s.images):
-                from lavislite.processors.chat_processor import SampleError
-
                 raise SampleError(f"sample {s.id}: {found} image placeholder(s) in the prompt but {len(s.images)} image(s) (in {', '.join(ann_paths)})")
         check_images_exist(self.samples, vis_root, ann_paths)  # type: ignore[arg-type]
 

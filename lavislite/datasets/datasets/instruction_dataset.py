@@ -21,7 +21,23 @@ from torch.utils.data import Dataset
 
 from lavislite.common.utils import as_list
 from lavislite.common.errors import MissingFileError
+from lavislite.common.logger import logger
 from lavislite.processors.chat_processor import IGNORE_INDEX, SampleError
+
+
+__all__ = [
+    "InstructionDataset",
+    "Sample",
+    "SampleError",
+    "clean_text",
+    "load_annotations",
+    "make_ids_unique",
+    "parse_llava",
+    "parse_minigpt4",
+    "read_json_file",
+    "read_records",
+    "require_keys",
+]
 
 
 @dataclass
@@ -81,30 +97,137 @@ def read_json_file(path: str) -> Any:
         raise MissingFileError(f"annotation file not found: {path}")
     with g_pathmgr.open(path, "r", encoding="utf-8") as fh:
         text = fh.read()
+    if path.endswith(".jsonl"):
+        return [record for _, record in _jsonl_records(path, text)]
     try:
-        return json.loads(text) if not path.endswith(".jsonl") else [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise SampleError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
 
 
+def _jsonl_records(path: str, text: str) -> list[tuple[int, Any]]:
+    # (line number, record) for each non-blank line: an error, and a record's
+    # location, name the line of the file, not the index among non-blank lines.
+    records = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise SampleError(f"{path}: invalid JSON at line {lineno}, column {exc.colno}: {exc.msg}") from exc
+    return records
+
+
+def read_records(path: str) -> list[tuple[str, Any]]:
+    """The records of an annotation file, each with its location for messages.
+
+    Returns:
+        ``(where, record)`` pairs: ``where`` is ``"file[index]"`` for a JSON
+        list and ``"file line N"`` for a JSON-lines file.
+
+    Raises:
+        MissingFileError: the file does not exist.
+        SampleError: invalid JSON (naming the line), or a JSON file that is not a list.
+    """
+    if path.endswith(".jsonl"):
+        if not g_pathmgr.exists(path):
+            raise MissingFileError(f"annotation file not found: {path}")
+        with g_pathmgr.open(path, "r", encoding="utf-8") as fh:
+            return [(f"{path} line {lineno}", record) for lineno, record in _jsonl_records(path, fh.read())]
+    records = read_json_file(path)
+    if not isinstance(records, list):
+        raise SampleError(f"{path}: expected a JSON list of samples, got {type(records).__name__}")
+    return [(f"{path}[{i}]", record) for i, record in enumerate(records)]
+
+
+def require_keys(record: Any, keys: tuple[str, ...] | list[str], where: str) -> None:
+    """Checks that a record is an object holding every key a parser reads.
+
+    Args:
+        record: one annotation record.
+        keys: the keys the parser needs.
+        where: the record's location (file, index, id), as a parser receives it.
+
+    Raises:
+        SampleError: naming ``where`` and every missing key, in one line.
+    """
+    if not isinstance(record, dict):
+        raise SampleError(f"{where}: expected an object, got {type(record).__name__}")
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise SampleError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)} (needs {', '.join(keys)})")
+
+
+def make_ids_unique(samples: list[Any], paths: list[str]) -> list[Any]:
+    """Gives every repeated sample id a deterministic suffix: the 2nd ``a`` becomes ``a#2``, the 3rd ``a#3``.
+
+    Public LLaVA instruction files reuse ids (the COCO image id of each
+    conversation type), and training needs no unique id, only a name for each
+    sample in messages. Evaluation, whose results are keyed by id, refuses
+    repeats instead (``generation_dataset.require_unique_ids``). The first
+    record keeps its id; a suffix already taken by another record is skipped.
+    One warning gives the count.
+
+    Args:
+        samples: objects with a ``str`` ``id`` attribute, renamed in place.
+        paths: the annotation files (named in the warning).
+
+    Returns:
+        ``samples``.
+    """
+    taken = {s.id for s in samples}
+    if len(taken) == len(samples):
+        return samples
+    seen: set[str] = set()
+    next_suffix: dict[str, int] = {}
+    renamed: list[tuple[str, str]] = []
+    for s in samples:
+        if s.id not in seen:
+            seen.add(s.id)
+            continue
+        k = next_suffix.get(s.id, 2)
+        while f"{s.id}#{k}" in taken:
+            k += 1
+        next_suffix[s.id] = k + 1
+        new_id = f"{s.id}#{k}"
+        taken.add(new_id)
+        seen.add(new_id)
+        renamed.append((s.id, new_id))
+        s.id = new_id
+    first_old, first_new = renamed[0]
+    logger.warning(
+        "%d sample(s) in %s reuse an id of an earlier sample (as public LLaVA files do); "
+        "each repeat gets a suffix so every sample keeps its own name: '%s' -> '%s', ...",
+        len(renamed), ", ".join(paths), first_old, first_new,
+    )
+    return samples
+
+
 def load_annotations(paths: list[str], parse: Callable[[dict[str, Any], str], Sample]) -> list[Sample]:
-    """Reads JSON lists (or JSON-lines files) and parses every record; errors name file and index."""
+    """Reads JSON lists (or JSON-lines files) and parses every record; errors name file and index.
+
+    A parser receives each record with its location (``where``: file, index or
+    line, and the id if the record has one) and raises ``SampleError`` starting
+    with it. A ``KeyError`` / ``IndexError`` a parser lets escape becomes the
+    same one-line ``SampleError``. Repeated ids are renamed (``make_ids_unique``).
+    """
     samples: list[Sample] = []
     for path in paths:
-        records = read_json_file(path)
-        if not isinstance(records, list):
-            raise SampleError(f"{path}: expected a JSON list of samples, got {type(records).__name__}")
-        for i, record in enumerate(records):
-            where = f"{path}[{i}]" + (f" (id={record.get('id')})" if isinstance(record, dict) and "id" in record else "")
+        for where, record in read_records(path):
+            if isinstance(record, dict) and "id" in record:
+                where += f" (id={record.get('id')})"
             if not isinstance(record, dict):
                 raise SampleError(f"{where}: expected an object, got {type(record).__name__}")
-            samples.append(parse(record, where))
-    seen: set[str] = set()
-    for s in samples:
-        if s.id in seen:
-            raise SampleError(f"duplicate sample id '{s.id}' in {', '.join(paths)}")
-        seen.add(s.id)
-    return samples
+            try:
+                samples.append(parse(record, where))
+            except (KeyError, IndexError) as exc:
+                # A parser that indexes the record directly (``record["caption"]``)
+                # would otherwise end a run with a traceback that names no record.
+                key = exc.args[0] if exc.args else None
+                what = f"missing key {key!r}" if isinstance(exc, KeyError) and isinstance(key, str) and key not in record else f"{type(exc).__name__}: {exc}"
+                raise SampleError(f"{where}: {what} (raised by {getattr(parse, '__qualname__', parse)})") from exc
+    return make_ids_unique(samples, paths)
 
 
 def load_image_tensor(vis_root: str, path: str, vis_processor: Callable[[Image.Image], torch.Tensor], sample_id: str) -> torch.Tensor:
@@ -166,6 +289,8 @@ class InstructionDataset(Dataset):
         ann_paths: annotation files (named in errors).
         parse: record parser for the annotation format, or
         samples: the conversations, already parsed (a builder that reads its files itself).
+
+    Repeated sample ids are renamed with a suffix and one warning (``make_ids_unique``).
     """
 
     def __init__(
@@ -182,7 +307,7 @@ class InstructionDataset(Dataset):
         self.vis_root = vis_root
         if (parse is None) == (samples is None):
             raise TypeError("InstructionDataset takes either parse (a record parser for ann_paths) or samples (already parsed)")
-        self.samples = load_annotations(ann_paths, parse) if parse is not None else list(samples or [])
+        self.samples = load_annotations(ann_paths, parse) if parse is not None else make_ids_unique(list(samples or []), ann_paths)
         # Check every conversation's structure now, not in a worker in epoch 3:
         # placeholders vs images, turn order, at least one reply (rendering is
         # string work only; tokenization stays in __getitem__).

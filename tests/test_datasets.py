@@ -108,3 +108,16 @@ def test_jsonl_records_are_located_by_line(tmp_path: Path) -> None:
             overrides={"build_info": {"annotations": {"val": {"storage": str(path)}}, "images": {"storage": str(DEMO_IMAGES)}}, **PROCESSORS},
             context=CONTEXT,
         )
+
+
+def test_a_parser_that_indexes_a_missing_key_gives_a_one_line_error_naming_the_record(tmp_path: Path) -> None:
+    from lavislite.datasets.datasets.instruction_dataset import load_annotations
+
+    def parse_caption(record: dict[str, object], where: str) -> Sample:
+        return Sample(str(record["image_id"]), [str(record["image"])], [])
+
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps([{"image_id": 1, "image": "a.jpg"}, {"id": "x7", "image_id": 2}]))
+    with pytest.raises(SampleError) as info:
+        load_annotations([str(path)], parse_caption)
+    assert str(info.value) == f"{path}[1] (id=x7): missing key 'image' (raised by {parse_caption.__qualname__})"

@@ -56,3 +56,25 @@ def test_builder_is_unknown_without_the_import(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "datasets.my_captions: Unknown builder 'my_captions'" in proc.stderr
+
+
+def test_readme_builder_names_a_bad_record_in_one_line(tmp_path: Path) -> None:
+    # The README's builder on its own data with one record lacking its caption:
+    # one "error:" line naming the file and the record, exit 2, no traceback.
+    files, command = _files_and_command(_readme_section())
+    for rel, body in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(body, encoding="utf-8")
+    records = json.loads((REPO / "projects" / "demo" / "data" / "eval_caption.json").read_text())
+    del records[1]["caption"]
+    bad = tmp_path / "captions.json"
+    bad.write_text(json.dumps(records))
+    argv = shlex.split(command)
+    cmd = [sys.executable, str(REPO / "train.py"), *argv[2:], "--options", f"datasets.my_captions.build_info.annotations.train.storage={bad}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=run_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert errors == [f"error: {bad}[1]: missing key(s) 'caption' (needs image, caption, image_id)"], proc.stderr[-3000:]
+    # The README quotes the same line.
+    assert "error: .../captions.json[1]: missing key(s) 'caption' (needs image, caption, image_id)" in _readme_section()

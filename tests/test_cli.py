@@ -71,7 +71,7 @@ def test_shipped_config_by_package_prefix(tmp_path: Path) -> None:
         ["--cfg-path", "lavislite:projects/demo/train.yaml", "--options", "run.test_splits=[tets]"],
         cwd=tmp_path,
     )
-    assert proc.returncode == 2 and "run.test_splits: unknown split 'tets'" in proc.stderr
+    assert proc.returncode == 2 and "--options run.test_splits=[tets]: unknown split 'tets'" in proc.stderr
 
 
 def _fresh_venv_with_wheel(tmp_path: Path) -> Path:

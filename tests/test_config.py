@@ -72,7 +72,7 @@ def test_precedence_options_over_run_config_over_model_default() -> None:
 def test_typo_in_model_key_names_path_and_suggestion() -> None:
     with pytest.raises(ConfigError) as info:
         Config(DEMO, ["model.frezee_vit=True"])
-    assert "model.frezee_vit: unknown key; did you mean 'model.freeze_vit'?" in str(info.value)
+    assert "--options model.frezee_vit=True: unknown key; did you mean 'model.freeze_vit'?" in str(info.value)
 
 
 def test_unknown_arch_dataset_task_and_processor_list_close_matches() -> None:
@@ -87,16 +87,16 @@ def test_unknown_arch_dataset_task_and_processor_list_close_matches() -> None:
     assert "model.arch: Unknown model 'blip2_qwem'. Did you mean: 'blip2_qwen'?" in msg
     assert "datasets.llava_instructions: Unknown builder 'llava_instructions'. Did you mean: 'llava_instruction'" in msg
     assert "run.task: Unknown task 'image_text_pretrian'. Did you mean: 'image_text_pretrain'?" in msg
-    with pytest.raises(ConfigError, match=r"vis_processor.train.name: Unknown processor 'blip2_image_trian'"):
+    with pytest.raises(ConfigError, match=r"--options datasets.minigpt4_instruction.vis_processor.train.name=blip2_image_trian: Unknown processor 'blip2_image_trian'"):
         Config(DEMO, ["datasets.minigpt4_instruction.vis_processor.train.name=blip2_image_trian"])
-    with pytest.raises(ConfigError, match=r"datasets.llava_instruction.text_processor.train.max_lenn: unknown key; did you mean '.*max_len'"):
+    with pytest.raises(ConfigError, match=r"--options datasets.llava_instruction.text_processor.train.max_lenn=3: unknown key; did you mean '.*max_len'"):
         Config(DEMO, ["datasets.llava_instruction.text_processor.train.max_lenn=3"])
 
 
 def test_wrong_type_and_bad_model_type_and_top_level() -> None:
-    with pytest.raises(ConfigError, match=r"run.max_epoch: expected an int, got str \('many'\)"):
+    with pytest.raises(ConfigError, match=r"--options run.max_epoch=many: expected an int, got str \('many'\)"):
         Config(DEMO, ["run.max_epoch=many"])
-    with pytest.raises(ConfigError, match=r"model.model_type: unknown model_type 'dmeo'; did you mean 'demo'\?"):
+    with pytest.raises(ConfigError, match=r"--options model.model_type=dmeo: unknown model_type 'dmeo'; did you mean 'demo'\?"):
         Config(DEMO, ["model.model_type=dmeo"])
     with pytest.raises(ConfigError, match=r"rnu: unknown top-level section; did you mean 'run'\?"):
         Config(DEMO, ["rnu.x=1"])
@@ -172,9 +172,9 @@ def test_unknown_split_is_an_error_listing_each_datasets_splits() -> None:
     with pytest.raises(ConfigError) as info:
         Config(DEMO, ["run.test_splits=[tets]"], purpose="evaluate")
     msg = str(info.value)
-    assert "run.test_splits: unknown split 'tets'" in msg
+    assert "--options run.test_splits=[tets]: unknown split 'tets'" in msg
     assert "did you mean 'test'? The datasets have: minigpt4_instruction: train; llava_instruction: train; vqav2: val, test." in msg
-    with pytest.raises(ConfigError, match=r"run.train_splits: unknown split 'trian'; did you mean 'train'\?"):
+    with pytest.raises(ConfigError, match=r"--options run.train_splits=\[trian\]: unknown split 'trian'; did you mean 'train'\?"):
         Config(DEMO, ["run.train_splits=[trian]"], purpose="train")
     # without a purpose (the Python API) splits are not checked; known splits pass
     assert Config(DEMO, ["run.test_splits=[tets]"]).run_cfg.test_splits == ["tets"]
@@ -194,3 +194,49 @@ def test_eval_processors_make_every_split_deterministic() -> None:
     a, b = train[0], train[0]
     assert torch.equal(a["image"], b["image"])
     assert type(setup_task(cfg).build_datasets(cfg)["minigpt4_instruction"]["train"].vis_processor).__name__ == "Blip2ImageTrainProcessor"
+
+
+def test_an_options_value_error_names_the_option_not_the_yaml(tmp_path: Path) -> None:
+    """Issue 15: ``--options run.max_epoch=x`` was reported as a problem of the YAML file."""
+    with pytest.raises(ConfigError) as info:
+        Config(DEMO, ["run.seed=3", "run.max_epoch=x"])
+    assert info.value.problems == ["--options run.max_epoch=x: expected an int, got str ('x')"]
+    assert str(info.value).startswith("Invalid config (--options):") and DEMO not in str(info.value)
+    # a later item wins, so it is the one named
+    with pytest.raises(ConfigError, match=r"--options run.max_epoch=y: expected an int"):
+        Config(DEMO, ["run.max_epoch=x", "run.max_epoch=y"])
+    # the same mistake in the YAML names the YAML; both at once name both
+    cfg = load_yaml(DEMO)
+    cfg.run.max_epoch = "x"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(OmegaConf.to_yaml(cfg))
+    with pytest.raises(ConfigError) as info:
+        Config(str(bad))
+    assert info.value.problems == ["run.max_epoch: expected an int, got str ('x')"]
+    assert str(info.value).startswith(f"Invalid config ({bad}):")
+    with pytest.raises(ConfigError) as info:
+        Config(str(bad), ["run.seed=s"])
+    assert sorted(info.value.problems) == ["--options run.seed=s: expected an int, got str ('s')", "run.max_epoch: expected an int, got str ('x')"]
+    assert str(info.value).startswith(f"Invalid config ({bad}, --options):")
+
+
+def test_a_key_at_the_wrong_level_says_where_it_belongs(tmp_path: Path) -> None:
+    """Issue 15: ``freeze_vit:`` at the top level gave no hint that it is a model key."""
+    cfg = load_yaml(DEMO)
+    for key, value in (("freeze_vit", True), ("init_lr", 1e-4), ("num_query_token", 4), ("frezee_llm", True), ("zzz", 1)):
+        cfg[key] = value
+    path = tmp_path / "misplaced.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg))
+    with pytest.raises(ConfigError) as info:
+        Config(str(path))
+    sections = "Sections: model, datasets, run."
+    assert info.value.problems == [
+        f"freeze_vit: unknown top-level section; did you mean 'model.freeze_vit'? {sections}",
+        f"init_lr: unknown top-level section; did you mean 'run.init_lr'? {sections}",
+        f"num_query_token: unknown top-level section; did you mean 'model.qformer.num_query_token'? {sections}",
+        f"frezee_llm: unknown top-level section; did you mean 'model.freeze_llm'? {sections}",
+        f"zzz: unknown top-level section. {sections}",
+    ]
+    # a dataset's keys are searched too, under each configured builder
+    with pytest.raises(ConfigError, match=r"--options build_info.x=1: build_info: unknown top-level section; did you mean 'datasets\.\w+\.build_info'( or|\?)"):
+        Config(DEMO, ["build_info.x=1"])

@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 import lavislite.common.utils  # noqa: F401  (registers the ${lib:...} resolver)
 from lavislite.common.registry import RegistryError, close_matches, registry
 from lavislite.common.errors import MissingFileError
-from lavislite.common.schema import ConfigError, validate
+from lavislite.common.schema import ConfigError, field_paths, validate
 from lavislite.common.utils import library_path
 
 TOP_LEVEL_KEYS = ("model", "datasets", "run")
@@ -200,8 +200,12 @@ class Config:
 
     def __init__(self, cfg_path: str, options: list[str] | None = None, purpose: str | None = None) -> None:
         self.cfg_path = cfg_path
-        user = OmegaConf.merge(load_yaml(cfg_path), parse_options(options))
-        self.config = build_config(user, source=cfg_path, purpose=purpose)
+        yaml_cfg = load_yaml(cfg_path)
+        user = OmegaConf.merge(yaml_cfg, parse_options(options))
+        try:
+            self.config = build_config(user, source=cfg_path, purpose=purpose)
+        except ConfigError as exc:
+            raise blame_options(exc, list(options or []), yaml_cfg, cfg_path) from None
 
     @property
     def model_cfg(self) -> DictConfig:
@@ -223,6 +227,40 @@ class Config:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(self.to_yaml())
+
+
+def _option_for(path: str, options: list[str], yaml_cfg: DictConfig) -> str | None:
+    """The ``--options`` item a problem at ``path`` comes from, or None (it comes from the YAML)."""
+    for item in reversed(options):  # a later item overrides an earlier one
+        key = item.split("=", 1)[0].strip()
+        if path == key or path.startswith((f"{key}.", f"{key}[")):
+            return item  # the option set this key (or the mapping holding it)
+        if key.startswith(f"{path}.") and OmegaConf.select(yaml_cfg, path, default=None) is None:
+            return item  # the option created this section (``rnu.x=1``)
+    return None
+
+
+def blame_options(exc: ConfigError, options: list[str], yaml_cfg: DictConfig, cfg_path: str) -> ConfigError:
+    """Rewrites the problems that an ``--options`` item caused so they name the item, not the YAML.
+
+    ``run.max_epoch: expected an int`` from ``--options run.max_epoch=x`` becomes
+    ``--options run.max_epoch=x: expected an int``; the message head names the
+    YAML only if some problem comes from it.
+    """
+    problems: list[str] = []
+    from_yaml = from_options = False
+    for problem in exc.problems:
+        path, sep, rest = problem.partition(": ")
+        item = _option_for(path, options, yaml_cfg) if sep else None
+        if item is None:
+            from_yaml = True
+            problems.append(problem)
+            continue
+        from_options = True
+        key = item.split("=", 1)[0].strip()
+        problems.append(f"--options {item}: {rest}" if path == key else f"--options {item}: {problem}")
+    source = ", ".join(name for name, used in ((cfg_path, from_yaml), ("--options", from_options)) if used)
+    return ConfigError(problems, source)
 
 
 def split_problems(run: dict[str, Any], datasets: dict[str, dict[str, Any]], purpose: str) -> list[str]:
@@ -248,6 +286,42 @@ def split_problems(run: dict[str, Any], datasets: dict[str, dict[str, Any]], pur
     return problems
 
 
+def known_key_paths(user: DictConfig, task_cls: type | None, runner_cls: type | None) -> list[str]:
+    """Every key path the run config could hold: the arch's model schema, the builders' and the run schema.
+
+    Sections that cannot be looked up (an unknown arch) are left out; their own
+    problem is reported separately.
+    """
+    paths: list[str] = []
+    model = user.get("model", None)
+    arch = model.get("arch", None) if isinstance(model, DictConfig) else None
+    if arch is not None and str(arch) in registry.list("model"):
+        paths += field_paths(registry.get_model_class(str(arch)).Config, "model")
+    for name in user.get("datasets", None) or {}:
+        if str(name) in registry.list("builder"):
+            paths += field_paths(registry.get_builder_class(str(name)).Config, f"datasets.{name}")
+    if runner_cls is not None:
+        paths += field_paths(run_schema(task_cls, runner_cls) if task_cls is not None else runner_cls.Config, "run")
+    return paths
+
+
+def top_level_problem(key: str, known: list[str]) -> str:
+    """The message for a top-level key that is not a section, with where the key probably belongs.
+
+    ``freeze_vit:`` at the top level is a model key one level too high: the
+    key name is searched among every known key path (``model.freeze_vit``);
+    failing that, a misspelt section (``rnu``) or a misspelt key.
+    """
+    where = [p for p in known if p.rsplit(".", 1)[-1] == key]
+    if not where:
+        where = close_matches(key, list(TOP_LEVEL_KEYS), n=1)
+    if not where:
+        leaves = {p.rsplit(".", 1)[-1]: p for p in known}
+        where = [leaves[m] for m in close_matches(key, list(leaves), n=1)]
+    hint = f"; did you mean {' or '.join(repr(w) for w in where)}?" if where else "."
+    return f"{key}: unknown top-level section{hint} Sections: {', '.join(TOP_LEVEL_KEYS)}."
+
+
 def build_config(user: DictConfig, source: str = "", purpose: str | None = None) -> DictConfig:
     """Merges the default layers under ``user`` and validates every section.
 
@@ -260,13 +334,7 @@ def build_config(user: DictConfig, source: str = "", purpose: str | None = None)
         ConfigError: with every problem found, each with its key path.
     """
     problems: list[str] = []
-    for key in user:
-        if key not in TOP_LEVEL_KEYS:
-            hint = close_matches(str(key), list(TOP_LEVEL_KEYS), n=1)
-            problems.append(
-                f"{key}: unknown top-level section" + (f"; did you mean '{hint[0]}'?" if hint else "")
-                + f" Sections: {', '.join(TOP_LEVEL_KEYS)}."
-            )
+    misplaced = [str(key) for key in user if key not in TOP_LEVEL_KEYS]
     run_user = user.get("run", None) or OmegaConf.create({})
     import_user_modules(list(run_user.get("imports", None) or []))
 
@@ -281,6 +349,9 @@ def build_config(user: DictConfig, source: str = "", purpose: str | None = None)
     else:
         task_cls = _lookup("task", run_user.task, "run.task", problems)
     runner_cls = _lookup("runner", run_user.get("runner", "runner_base"), "run.runner", problems)
+    if misplaced:
+        known = known_key_paths(user, task_cls, runner_cls)
+        problems[:0] = [top_level_problem(key, known) for key in misplaced]
 
     # Interpolations (``${model.qformer.num_query_token}``, ``${lib:...}``) resolve
     # against the merged whole, so build it before converting to containers.

@@ -94,6 +94,26 @@ def defaults(schema: type) -> dict[str, Any]:
     return out
 
 
+def field_paths(schema: type, prefix: str = "") -> list[str]:
+    """Every key path a schema knows, nested dataclasses included (``qformer``, ``qformer.num_query_token``).
+
+    Used to tell a user who wrote a key in the wrong place where it belongs.
+    Mappings of free keys (``dict[str, X]``) are not walked: their keys are the user's.
+    """
+    paths: list[str] = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        path = _join(prefix, f.name)
+        paths.append(path)
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (Union, types.UnionType):
+            nested = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+            tp = nested[0] if len(nested) == 1 else tp
+        if dataclasses.is_dataclass(tp):
+            paths += field_paths(tp, path)  # type: ignore[arg-type]
+    return paths
+
+
 def instantiate(schema: type, data: dict[str, Any]) -> Any:
     """Builds a ``schema`` instance from a validated dict, nested dataclasses included."""
     hints = typing.get_type_hints(schema)

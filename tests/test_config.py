@@ -240,3 +240,13 @@ def test_a_key_at_the_wrong_level_says_where_it_belongs(tmp_path: Path) -> None:
     # a dataset's keys are searched too, under each configured builder
     with pytest.raises(ConfigError, match=r"--options build_info.x=1: build_info: unknown top-level section; did you mean 'datasets\.\w+\.build_info'( or|\?)"):
         Config(DEMO, ["build_info.x=1"])
+
+
+def test_a_key_in_the_wrong_section_says_which_section_has_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        Config(DEMO, ["model.init_lr=1", "run.freeze_vit=true", "model.frezee_vit=true"])
+    assert info.value.problems == [
+        "--options model.init_lr=1: unknown key here; did you mean 'run.init_lr'?",
+        "--options model.frezee_vit=true: unknown key; did you mean 'model.freeze_vit'?",  # a typo keeps the schema's hint
+        "--options run.freeze_vit=true: unknown key here; did you mean 'model.freeze_vit'?",
+    ]

@@ -392,8 +392,27 @@ def build_config(user: DictConfig, source: str = "", purpose: str | None = None)
     if purpose and merged["run"] is not None and not problems:
         problems.extend(split_problems(merged["run"], merged["datasets"], purpose))
     if problems:
+        if any(": unknown key" in p for p in problems):
+            known = known_key_paths(user, task_cls, runner_cls)
+            problems = [elsewhere_hint(p, known) for p in problems]
         raise ConfigError(problems, source)
     return OmegaConf.create(merged)
+
+
+def elsewhere_hint(problem: str, known: list[str]) -> str:
+    """Points an unknown key to the section that has a key of that name (``model.init_lr`` -> ``run.init_lr``).
+
+    The schema's own hint only looks among the keys beside the unknown one,
+    where a key written in the wrong section has no match.
+    """
+    path, sep, rest = problem.partition(": ")
+    if not sep or not rest.startswith("unknown key"):
+        return problem
+    name = path.rsplit(".", 1)[-1]
+    where = [p for p in known if p.rsplit(".", 1)[-1] == name and p != path]
+    if not where:
+        return problem
+    return f"{path}: unknown key here; did you mean {' or '.join(repr(w) for w in where)}?"
 
 
 def load_model_config(arch: str, model_type: str, overrides: dict[str, Any] | None = None) -> DictConfig:

@@ -1,6 +1,6 @@
 """Evaluate a model from a run config (a thin wrapper of ``lavislite.evaluate``).
 
-    python evaluate.py --cfg-path X.yaml --checkpoint output/demo/JOB/checkpoint_release.pth
+    python evaluate.py --cfg-path X.yaml --checkpoint output/demo/JOB   (a run folder: its release/ is loaded)
     torchrun --nproc_per_node=8 evaluate.py --cfg-path X.yaml
 """
 

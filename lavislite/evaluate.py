@@ -8,14 +8,18 @@ Each rank scores a strided shard (every sample exactly once, whatever the
 split size); rank 0 writes ``results/<dataset>_<split>.json`` and
 ``metrics.json`` into ``output_dir/<job_id>/`` and prints a table. Every split
 is read with the dataset's eval processors (no random crop or flip), so the
-same checkpoint gives the same numbers every time. The repository's
-``evaluate.py`` runs this same ``main``.
+same checkpoint gives the same numbers every time. The metrics table goes to
+stdout (the log to stderr); a checkpoint that is not there fails before
+anything is built or written. The repository's ``evaluate.py`` runs this same
+``main``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import Any
 
 from lavislite.cli import add_common_args, run_entry
 
@@ -34,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from lavislite.common.config import load_config
 
     cfg = load_config(args, purpose="evaluate")
+    check_finetuned_exists(cfg.model_cfg, args.checkpoint)
 
     # 2. The same set-up as training: process group, job id, logging, seeds, threads.
     from lavislite.runners.launch import setup_run
@@ -44,14 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lavislite.common import dist_utils
-    from lavislite.common.logger import logger
+    from lavislite.common.logger import FILE_ONLY, logger
     from lavislite.tasks import setup_task
     from lavislite.tasks.base_task import write_json
 
     run = cfg.run_cfg
     task = setup_task(cfg)
     datasets = task.build_datasets(cfg, for_evaluation=True)
-    model = task.build_model(cfg)
+    model = task.build_model(cfg, for_evaluation=True)
     device = torch.device("cuda", dist_utils.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
     model = model.to(device)
 
@@ -65,8 +70,30 @@ def main(argv: list[str] | None = None) -> int:
                 metrics[key] = task.evaluation(model, by_split[split], key, run.batch_size_eval, run.num_workers, ctx.output_dir)
     if dist_utils.is_main_process():
         write_json(f"{ctx.output_dir}/metrics.json", metrics)
-        logger.info("evaluation:\n%s", metrics_table(metrics))
+        table = metrics_table(metrics)
+        # The result is the program's output (stdout, for a pipe or a file); the log keeps a copy.
+        logger.info("evaluation:\n%s", table, extra=FILE_ONLY)
+        logger.info("metrics written to %s", os.path.join(ctx.output_dir, "metrics.json"))
+        print(table, flush=True)
     return 0
+
+
+def check_finetuned_exists(model_cfg: Any, checkpoint_arg: str | None) -> None:
+    """Fails now, before the process group, the run folder, the datasets or the model exist, on a missing checkpoint.
+
+    Args:
+        model_cfg: the merged ``model`` section (``finetuned``, ``load_finetuned``).
+        checkpoint_arg: ``--checkpoint`` as typed (named in the message), or None.
+
+    Raises:
+        MissingFileError: naming the path as given and every place looked at.
+    """
+    from lavislite.models.release import check_checkpoint
+
+    finetuned = model_cfg.get("finetuned")
+    if not finetuned or model_cfg.get("load_finetuned") is False:
+        return
+    check_checkpoint(str(finetuned), f"--checkpoint {checkpoint_arg}" if checkpoint_arg else f"model.finetuned={finetuned}")
 
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> str:

@@ -173,3 +173,43 @@ def test_thread_settings(threads_env: str | None, monkeypatch: pytest.MonkeyPatc
             assert configure_threads() == torch.get_num_threads() == before  # the user's setting wins
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("spelling", ["--checkpoint", "--options"])
+def test_evaluate_with_a_missing_checkpoint_fails_first_names_every_place_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    """Issue 15 (newcomer trap): the error used to name only <cache_root>/PATH, after the datasets
+    were built, and to leave a run folder holding only evaluate.log."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LAVISLITE_CACHE", str(cache))
+    ask = ["--checkpoint", "output/demo/NOPE"] if spelling == "--checkpoint" else []
+    out = tmp_path / "out"
+    options = [f"run.output_dir={out}"] + ([] if ask else ["model.finetuned=output/demo/NOPE"])
+    started = time.time()
+    proc = launch("evaluate.py", ["--cfg-path", str(REPO / "projects" / "demo" / "eval_vqa.yaml"), *ask, "--options", *options], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    label = "--checkpoint output/demo/NOPE" if ask else "model.finetuned=output/demo/NOPE"
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {label}: not found: nothing at {tmp_path / 'output/demo/NOPE'}, nor at {cache / 'output/demo/NOPE'} (under cache_root)"
+    ]
+    assert proc.stdout == ""
+    assert not out.exists() and not cache.exists()  # no run folder, no log, nothing made
+    assert time.time() - started < 60  # no model, no datasets (their build took 12 s of a 20 s run)
+
+
+def test_evaluate_with_a_run_folder_without_release_fails_first(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train.log").write_text("killed before the release\n")
+    proc = launch("evaluate.py", ["--cfg-path", str(REPO / "projects" / "demo" / "eval_vqa.yaml"), "--checkpoint", "run",
+                                  "--options", f"run.output_dir={tmp_path / 'out'}"], cwd=tmp_path)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: --checkpoint run: no lavislite checkpoint at 'run' ({tmp_path / 'run'}): looked for a run folder (release/")
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_docstring_names_what_a_run_writes() -> None:
+    """The root evaluate.py's example named checkpoint_release.pth, a file no run writes."""
+    for path in (REPO / "evaluate.py", REPO / "lavislite" / "evaluate.py"):
+        assert "checkpoint_release.pth" not in path.read_text(), path

@@ -43,7 +43,7 @@ def test_torchrun_two_processes_score_every_sample_exactly_once(tmp_path: Path, 
         official = vqa_accuracy(flat, {r["id"]: r["prediction"] for r in results})
         assert [r["accuracy"] for r in results] == pytest.approx([official["per_question"][r["id"]] for r in results])
         assert split["overall"] == official["overall"]
-    assert "evaluation:\nsplit" in proc.stderr  # the metrics table
+    assert proc.stdout.startswith("split")  # the metrics table
 
 
 def test_three_processes_on_two_samples_finish(tmp_path: Path) -> None:
@@ -77,3 +77,45 @@ def test_vqa_task_scores_a_right_answer_100_when_the_humans_agree() -> None:
     metrics = task.compute_metrics(results, dataset=None)
     assert [r["accuracy"] for r in results] == pytest.approx([100.0, 30.0, 0.0])
     assert metrics["overall"] == pytest.approx(round(100 * (1 + 0.3 + 0) / 3, 2))
+
+
+def _tiny_release(folder: Path) -> Path:
+    """The demo model with random weights as a release folder (what a run writes in release/), in seconds."""
+    import torch
+
+    from lavislite.models import load_model, write_release
+
+    torch.manual_seed(0)
+    model = load_model("blip2_qwen", "demo")
+    write_release(str(folder), model.trainable_state_dict(), {"model": {"arch": "blip2_qwen", "model_type": "demo"}, "datasets": {}, "run": {}})
+    return folder
+
+
+def test_evaluate_prints_the_table_on_stdout_reports_nothing_trainable_and_sorts_results_by_id(tmp_path: Path) -> None:
+    """Issue 15 (newcomer traps): the table went to stderr (stdout empty); the parameter table called the
+    ViT (and every part the eval config does not freeze) "trainable"; results came in the order the
+    processes (and the file) gave them. Five captions whose file lists the ids in descending order."""
+    records = json.loads((DEMO_DATA / "eval_caption.json").read_text())[:5][::-1]
+    (tmp_path / "captions.json").write_text(json.dumps(records))
+    release = _tiny_release(tmp_path / "release")
+    proc = launch(
+        "evaluate.py",
+        ["--cfg-path", EVAL_CAPTION, "--checkpoint", str(release), "--options", f"datasets.coco_caption.build_info.annotations.test.storage={tmp_path / 'captions.json'}",
+         f"run.output_dir={tmp_path}", "run.job_id=e", "run.generate.max_new_tokens=3", "run.batch_size_eval=2",
+         "run.caption_backend=python"],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, row = proc.stdout.strip().splitlines()
+    assert header.split()[0] == "split" and header.split()[-1] == "agg_metrics" and "CIDEr" in header.split()
+    assert row.split()[0] == "coco_caption/test"
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())["coco_caption/test"]
+    assert float(row.split()[header.split().index("CIDEr")]) == pytest.approx(metrics["CIDEr"], abs=1e-4)
+    assert header not in proc.stderr  # the table is not logged to the terminal twice
+    assert "split" in (tmp_path / "e" / "evaluate.log").read_text()  # the log file keeps it
+    table = proc.stderr.split("parameters:\n", 1)[1].splitlines()
+    assert table[0].split() == ["part", "total", "trainable", "dtype"]
+    parts = {line.split()[0]: line.split() for line in table[1:6]}
+    assert "vit" in parts and all(cells[2] == "0" for cells in parts.values()), parts
+    assert "every parameter is frozen" in proc.stderr
+    ids = [r["id"] for r in json.loads((tmp_path / "e" / "results" / "coco_caption_test.json").read_text())]
+    assert ids == sorted(r["image_id"] for r in records) and ids != [r["image_id"] for r in records]

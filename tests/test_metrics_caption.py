@@ -194,6 +194,42 @@ def test_java_and_python_backends_agree(ref: dict[str, Any], java_result: Result
             assert python_per_image[image_id][name] == pytest.approx(java_per_image[image_id][name], abs=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["java", "python"])
+def test_a_line_break_inside_a_caption_moves_no_caption_onto_another_image(backend: str) -> None:
+    """Issue 15.6: pycocoevalcap replaces only "\\n"; its Java tokenizer also breaks lines at "\\r",
+    U+2028 and the like, so one such caption used to shift every later caption onto the wrong image
+    (Java CIDEr 10.0 -> 1.9 here). Each candidate equals its image's reference: CIDEr 10, BLEU-4 1."""
+    if backend == "java" and not java_backend_available():
+        pytest.skip("no Java or pycocoevalcap: the Java backend cannot run")
+    refs = {1: ["a red circle\ron a white background"], 2: ["a blue square\u2028on a black\x0cbackground"], 3: ["a green triangle in the corner"]}
+    cands = {1: "a red circle\u2029on a white background", 2: "a blue square\r\non a black\x0bbackground", 3: "a green triangle in the corner"}
+    scores, used, per_image = caption_evaluate(refs, cands, backend=backend)
+    assert used == backend
+    assert scores["CIDEr"] == pytest.approx(10.0)
+    assert [per_image[i]["Bleu_4"] for i in (1, 2)] == pytest.approx([1.0, 1.0]) and per_image[3]["Bleu_4"] == pytest.approx(1.0)
+
+
+def test_java_tokenizer_output_must_have_one_line_per_caption() -> None:
+    """The completeness check compares line counts: a caption the tokenizer splits in two fails loudly."""
+    if not java_backend_available():
+        pytest.skip("no Java or pycocoevalcap: the Java backend cannot run")
+    from lavislite.tasks.metrics.caption import _run_java_ptb
+
+    assert _run_java_ptb(["A red circle.", "", "a blue square"]) == ["a red circle", "", "a blue square"]
+    with pytest.raises(RuntimeError, match="wrote 3 lines for 2 captions"):
+        _run_java_ptb(["a red\rcircle", "a blue square"])
+
+
+def test_the_ptb_tokenizer_has_its_own_module_and_the_old_imports_work() -> None:
+    from lavislite.tasks.metrics import caption, ptb_tokenizer
+
+    assert caption.ptb_tokenize is ptb_tokenizer.ptb_tokenize is ptb_tokenize
+    assert caption.ptb_tokenize_caption is ptb_tokenizer.ptb_tokenize_caption
+    assert caption.PTB_PUNCTUATIONS is ptb_tokenizer.PTB_PUNCTUATIONS
+    assert ptb_tokenizer.one_line("a\rb\u2028c\nd") == "a b c d"
+    assert not hasattr(caption, "_PTBLexer")  # the lexer lives in ptb_tokenizer only
+
+
 def test_empty_candidate() -> None:
     refs = {
         1: ["a dog runs on the grass", "a dog in a park"],

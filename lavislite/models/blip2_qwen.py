@@ -138,6 +138,11 @@ def zero3_gathered(params: list[nn.Parameter]) -> Iterator[None]:
         yield
 
 
+def zero3_partitioned(module: nn.Module) -> bool:
+    """Whether ``module`` holds ZeRO-3 partitioned parameters (DeepSpeed tags each one with a ``ds_id``)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
 def build_llm_config(cfg: Blip2QwenConfig) -> Any:
     """The LLM's transformers config: from a model type or a checkpoint, with overrides."""
     from transformers import AutoConfig
@@ -353,12 +358,15 @@ class Blip2Qwen(BaseModel):
         if n_images:
             image_embeds = self.encode_image(image).to(embeds.dtype)
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), image_embeds.reshape(-1, embeds.shape[-1]))
-        elif torch.is_grad_enabled() and self.vision_path_trains():
+        elif (torch.is_grad_enabled() and self.vision_path_trains()) or zero3_partitioned(self.vision):
             # A text-only batch still runs the vision path, on one blank image
-            # with weight zero: every trainable parameter then gets a (zero)
-            # gradient, so every rank joins the same ZeRO gradient collectives
+            # with weight zero, so every rank joins the same collectives
             # whatever its batch holds (otherwise a rank without images hangs
-            # or aborts the others).
+            # or aborts the others): under grad, every trainable parameter gets
+            # a (zero) gradient for ZeRO's gradient reduction; under ZeRO-3,
+            # each module forward also gathers its partitioned parameters, so
+            # the ranks must run the same forwards in any grad mode and with
+            # any part frozen (validation by loss, an LLM-only or LoRA run).
             size = self.cfg.vision.image_size
             blank = torch.zeros(1, 3, size, size, device=embeds.device)
             embeds = embeds + 0.0 * self.encode_image(blank).to(embeds.dtype).sum()

@@ -283,6 +283,8 @@ def resolve_checkpoint(path: str) -> str:
     from lavislite.common.utils import resolve_data_path
 
     p = resolve_data_path(path)
+    if not os.path.exists(p):
+        raise MissingFileError(f"no checkpoint at '{path}': {describe_places(path)}")
     if os.path.isfile(p):
         parent = os.path.dirname(p)
         # release/model.safetensors names the release: its config sits beside it.
@@ -303,6 +305,57 @@ def resolve_checkpoint(path: str) -> str:
         f"{RELEASE_DIR}/{RELEASE_CONFIG}, or {LEGACY_RELEASE}), a release folder ({RELEASE_WEIGHTS} + {RELEASE_CONFIG}), "
         f"a Hugging Face export ({HF_CONFIG} + {' or '.join(HF_WEIGHTS)}) or a checkpoint file"
     )
+
+
+def checkpoint_places(path: str) -> list[str]:
+    """Every place a checkpoint path is looked for, in order: as given (from the current folder), then under ``cache_root``."""
+    from lavislite.common.utils import default_cache_root
+
+    expanded = os.path.expanduser(path)
+    if os.path.isabs(expanded):
+        return [expanded]
+    return [os.path.abspath(expanded), os.path.join(default_cache_root(), expanded)]
+
+
+def describe_places(path: str) -> str:
+    """``"nothing at A, nor at B (under cache_root)"`` for a checkpoint path that exists nowhere."""
+    places = checkpoint_places(path)
+    if len(places) == 1:
+        return f"nothing at {places[0]}"
+    return f"nothing at {places[0]}, nor at {places[1]} (under cache_root)"
+
+
+def check_checkpoint(path: str, label: str | None = None) -> None:
+    """Raises now, before anything is built, what loading ``path`` later would raise for a missing checkpoint.
+
+    A path that exists nowhere fails, naming each place looked at. A folder
+    that holds no weight file of its own must be a run folder with a release
+    (``resolve_checkpoint``); other folders and files are left to the loader,
+    which reads more layouts (Hugging Face ``.bin`` shards, LAVIS ``.pth``).
+
+    Args:
+        path: the checkpoint path as the user gave it.
+        label: how the user gave it (``--checkpoint X``), to start the message with.
+
+    Raises:
+        MissingFileError: no checkpoint there.
+    """
+    from lavislite.common.utils import resolve_data_path
+
+    p = resolve_data_path(path)
+    if not os.path.exists(p):
+        raise MissingFileError(f"{label}: not found: {describe_places(path)}" if label else f"no checkpoint at '{path}': {describe_places(path)}")
+    if os.path.isdir(p) and not any(f.endswith(_WEIGHT_SUFFIXES) for f in os.listdir(p)):
+        try:
+            resolve_checkpoint(path)
+        except MissingFileError as exc:
+            if label is None:
+                raise
+            raise MissingFileError(f"{label}: {exc}") from None
+
+
+# The files a folder holds when it is a checkpoint itself (not a run folder).
+_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pth", ".pt")
 
 
 def release_base_weights(path: str) -> dict[str, str]:

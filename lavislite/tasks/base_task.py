@@ -61,9 +61,20 @@ class BaseTask:
     def setup_task(cls, cfg: Config) -> "BaseTask":
         return cls(cfg.run_cfg)
 
-    def build_model(self, cfg: Config) -> nn.Module:
+    def build_model(self, cfg: Config, for_evaluation: bool = False) -> nn.Module:
+        """Builds ``cfg.model_cfg``'s model (its weights loaded) and logs its parameter table.
+
+        Args:
+            cfg: the run config.
+            for_evaluation: nothing trains: every parameter is frozen, so the
+                table says so whatever the config's freeze switches (which
+                describe training) and no gradient is ever kept.
+        """
         model_cls = registry.get_model_class(cfg.model_cfg.arch)
         model = model_cls.from_config(cfg.model_cfg)
+        if for_evaluation:
+            model.requires_grad_(False)
+            logger.info("evaluation: every parameter is frozen (the freeze switches apply to training)")
         if hasattr(model, "log_parameter_table"):
             model.log_parameter_table()
         return model
@@ -150,6 +161,9 @@ class BaseTask:
         model.train(was_training)
         # Every rank joins the gather, also one whose shard is empty.
         merged = [r for part in dist_utils.all_gather_object(results) for r in part]
+        # Strided shards arrive rank by rank; sorted by id, the result file (and
+        # the order the metrics see) does not depend on the number of processes.
+        merged.sort(key=_id_order)
         metrics: dict[str, Any] = {}
         if dist_utils.is_main_process():
             ids = [r["id"] for r in merged]
@@ -181,6 +195,11 @@ class ImageTextPretrainTask(BaseTask):
         loss = sum(r["loss_sum"] for r in results) / max(n_tokens, 1)
         # Lower loss is better; agg_metrics is "higher is better" for every task.
         return {"loss": loss, "n_samples": len(results), "agg_metrics": -loss}
+
+
+def _id_order(result: dict[str, Any]) -> tuple[bool, Any]:
+    # Ints before strings, so a split never compares an int with a str.
+    return isinstance(result["id"], str), result["id"]
 
 
 def write_json(path: str, data: Any) -> None:

@@ -1,4 +1,4 @@
-"""Causal-LM loss computed at supervised positions only, in chunks of rows.
+"""Causal-LM loss computed at supervised positions only, one chunk of logits at a time.
 
 Qwen's vocabulary has 151,936 entries: full logits for batch 8 x 1024 tokens are
 8*1024*151936 floats (5 GB in fp32) before the backward pass. Selecting the
@@ -101,6 +101,7 @@ def supervised_cross_entropy(
     Raises:
         DataError: if the batch has no supervised token.
         ValueError: for an unknown ``impl`` or a ``chunk_bytes`` below 4.
+        IndexError: for a supervised target outside the vocabulary.
     """
     if impl not in LOSS_IMPLS:
         raise ValueError(f"loss impl {impl!r} is not one of {list(LOSS_IMPLS)}")

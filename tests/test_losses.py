@@ -209,3 +209,14 @@ def test_loss_equals_f_cross_entropy_on_the_supervised_rows() -> None:
     keep = labels[:, 1:] != IGNORE_INDEX
     expected = F.cross_entropy(head(hidden[:, :-1][keep]).float(), labels[:, 1:][keep])
     torch.testing.assert_close(supervised_cross_entropy(hidden, labels, head, chunk_bytes=4 * 5)[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_model_loss_impl_is_a_checked_config_switch() -> None:
+    from lavislite.common.schema import ConfigError, validate
+    from lavislite.models.blip2_qwen import Blip2QwenConfig
+
+    data = validate(Blip2QwenConfig, {"loss_impl": "full", "loss_chunk_bytes": 1 << 20}, "model")
+    assert (data["loss_impl"], data["loss_chunk_bytes"]) == ("full", 1 << 20)
+    assert validate(Blip2QwenConfig, {}, "model")["loss_impl"] == "auto"
+    with pytest.raises(ConfigError, match=r"model.loss_impl: expected one of 'auto', 'chunked', 'full', got 'liger'"):
+        validate(Blip2QwenConfig, {"loss_impl": "liger"}, "model")

@@ -1,12 +1,21 @@
-"""Peak memory of one LM-head loss step: supervised-only logits vs full logits.
+"""Peak memory of one LM-head loss step: the shipped chunked loss vs full logits.
 
-Compares the two losses in ``lavislite/models/losses.py`` for a Qwen-sized LM
+Compares three losses of ``lavislite/models/losses.py`` for a Qwen-sized LM
 head (vocabulary 151,936):
 
-* ``lean``: ``supervised_cross_entropy`` selects the supervised hidden states
-  first and runs the head on those rows only;
+* ``chunked``: ``supervised_cross_entropy`` as the model calls it (its default
+  ``impl="auto"``): the supervised hidden states only, head and cross-entropy
+  a chunk of rows at a time, each chunk's logits computed again in the
+  backward pass (``--chunk-bytes`` of fp32 logits per chunk; default: the
+  function's own, 8 MiB);
+* ``lean``: ``supervised_cross_entropy(..., impl="full")``: the supervised rows
+  only, but in one head call (``rows x vocab`` logits, the previous default);
 * ``full``: ``full_logits_cross_entropy``, the textbook reference that computes
   logits for every position.
+
+The headline figure is ``ratio_over_full.chunked``: the chunked step's peak
+over the full-logits step's peak (``full_logits_fp32_bytes``, the size of one
+fp32 ``batch x seq x vocab`` tensor, is reported beside it).
 
 One *step* is the forward of the head, the loss (logits upcast to fp32 inside
 the losses, as in the real code) and the backward into both the hidden states
@@ -17,7 +26,7 @@ bias=False)`` whose weight is ``randn * 0.02``, both in ``--dtype`` and with
 of every sequence (the assistant reply), which holds random token ids.
 
 Each variant runs in its own fresh subprocess (the script re-invokes itself
-with ``--variant lean|full --worker``) so that one peak cannot hide the other.
+with ``--variant chunked|lean|full --worker``) so that one peak cannot hide the other.
 Before the measurement the worker runs the same loss once on tiny tensors
 (lazy library/kernel initialisation is not part of the step), then
 ``--warmup`` untimed full-size steps (default 1 on CUDA, 0 on CPU, where a
@@ -37,8 +46,9 @@ before the measured step, so the step's figures include allocating them.
   the max RSS did not grow during the step (the figure is then only an upper
   bound).
 
-The two losses must agree to ``--rtol`` (relative, default 1e-3); the script
-exits with status 1 after printing/writing the JSON when they do not.
+The chunked and lean losses must agree with the full one to ``--rtol``
+(relative, default 1e-3); the script exits with status 1 after
+printing/writing the JSON when they do not.
 
 Run it from the repository root::
 
@@ -46,6 +56,8 @@ Run it from the repository root::
     python benchmarks/loss_memory.py
     # 7B head on a GPU
     python benchmarks/loss_memory.py --device cuda --hidden 3584
+    # the second setting of issue 18
+    python benchmarks/loss_memory.py --hidden 512 --seq 512 --batch 4
     # quick smoke test
     python benchmarks/loss_memory.py --hidden 256 --seq 128 --out /tmp/loss_memory_small.json
 
@@ -72,7 +84,7 @@ from typing import Any
 DEFAULT_OUT = os.path.join("benchmarks", "results", "loss_memory.json")
 QWEN_VOCAB = 151_936
 IGNORE_INDEX = -100
-VARIANTS = ("lean", "full")
+VARIANTS = ("chunked", "lean", "full")
 RESULT_MARKER = "LOSS_MEMORY_RESULT "
 DTYPES = ("bf16", "fp16", "fp32")
 GIB = float(1 << 30)
@@ -106,7 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup", type=int, default=None, help="untimed steps before the measured one (default: 1 on cuda, 0 on cpu)"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance between the two losses")
+    p.add_argument(
+        "--chunk-bytes", type=int, default=None, help="fp32 logits per chunk of the chunked loss (default: the function's own)"
+    )
+    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of each loss against the full one")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT})")
     p.add_argument("--variant", choices=VARIANTS, default=None, help="worker only: the loss to measure")
     p.add_argument("--worker", action="store_true", help="internal: measure one variant and print its result line")
@@ -115,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--supervised-fraction must be in (0, 1]")
     if min(args.vocab, args.batch, args.seq, args.hidden) < 1 or args.seq < 2:
         p.error("--vocab, --batch, --hidden must be >= 1 and --seq >= 2")
+    if args.chunk_bytes is not None and args.chunk_bytes < 4:
+        p.error("--chunk-bytes must be >= 4")
     if args.worker and args.variant is None:
         p.error("--worker needs --variant")
     return args
@@ -173,6 +190,25 @@ def _import_losses() -> Any:
     return losses
 
 
+def _loss(losses: Any, variant: str, hidden: Any, labels: Any, lm_head: Any, chunk_bytes: int | None) -> Any:
+    """Returns the loss of ``variant`` (what ``step`` differentiates).
+
+    Args:
+        losses: the ``lavislite.models.losses`` module.
+        variant: ``chunked``, ``lean`` or ``full``.
+        hidden: (B, L, H) hidden states.
+        labels: (B, L) labels.
+        lm_head: the head module.
+        chunk_bytes: fp32 logits per chunk of the chunked loss (None: its default).
+    """
+    if variant == "chunked":
+        kwargs = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
+        return losses.supervised_cross_entropy(hidden, labels, lm_head, **kwargs)[0]
+    if variant == "lean":
+        return losses.supervised_cross_entropy(hidden, labels, lm_head, impl="full")[0]
+    return losses.full_logits_cross_entropy(hidden, labels, lm_head)
+
+
 def _prime(losses: Any, variant: str, device: Any, dtype: Any) -> None:
     """Runs the variant once on tiny tensors so that lazy initialisation is not measured.
 
@@ -182,7 +218,7 @@ def _prime(losses: Any, variant: str, device: Any, dtype: Any) -> None:
 
     Args:
         losses: the ``lavislite.models.losses`` module.
-        variant: ``lean`` or ``full``.
+        variant: ``chunked``, ``lean`` or ``full``.
         device: where the measured step runs.
         dtype: dtype of the hidden states and the head weight.
     """
@@ -192,11 +228,7 @@ def _prime(losses: Any, variant: str, device: Any, dtype: Any) -> None:
     head = torch.nn.Linear(32, 64, bias=False, device=device, dtype=dtype)
     labels = torch.full((2, 16), IGNORE_INDEX, dtype=torch.long, device=device)
     labels[:, 8:] = torch.randint(0, 64, (2, 8), device=device)
-    if variant == "lean":
-        loss, _ = losses.supervised_cross_entropy(hidden, labels, head)
-    else:
-        loss = losses.full_logits_cross_entropy(hidden, labels, head)
-    loss.backward()
+    _loss(losses, variant, hidden, labels, head, 4 * 8 * 16).backward()
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -236,10 +268,7 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
     n_targets = int((labels[:, 1:] != IGNORE_INDEX).sum())
 
     def step() -> torch.Tensor:
-        if args.variant == "lean":
-            loss, _ = losses.supervised_cross_entropy(hidden, labels, lm_head)
-        else:
-            loss = losses.full_logits_cross_entropy(hidden, labels, lm_head)
+        loss = _loss(losses, args.variant, hidden, labels, lm_head, args.chunk_bytes)
         loss.backward()
         return loss.detach()
 
@@ -259,6 +288,10 @@ def run_worker(args: argparse.Namespace) -> dict[str, Any]:
         "warmup_steps": warmup,
         "primed_with_tiny_step": True,
         "supervised_targets": n_targets,
+        "chunk_bytes": (args.chunk_bytes or losses.DEFAULT_CHUNK_BYTES) if args.variant == "chunked" else None,
+        # (rows, vocabulary entries) of one tile of the fused path
+        "chunk_tile": list(losses.tile_shape(n_targets, vocab, args.chunk_bytes or losses.DEFAULT_CHUNK_BYTES))
+        if args.variant == "chunked" else None,
     }
     if use_cuda:
         torch.cuda.synchronize()
@@ -321,7 +354,7 @@ def _worker_command(args: argparse.Namespace, variant: str) -> list[str]:
 
     Args:
         args: the parent's parsed command line.
-        variant: ``lean`` or ``full``.
+        variant: ``chunked``, ``lean`` or ``full``.
     """
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--variant", variant]
     cmd += ["--device", args.device, "--vocab", str(args.vocab), "--batch", str(args.batch), "--seq", str(args.seq)]
@@ -329,6 +362,8 @@ def _worker_command(args: argparse.Namespace, variant: str) -> list[str]:
     cmd += ["--seed", str(args.seed)]
     if args.warmup is not None:
         cmd += ["--warmup", str(args.warmup)]
+    if args.chunk_bytes is not None:
+        cmd += ["--chunk-bytes", str(args.chunk_bytes)]
     return cmd
 
 
@@ -337,7 +372,7 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
 
     Args:
         args: the parent's parsed command line.
-        variant: ``lean`` or ``full``.
+        variant: ``chunked``, ``lean`` or ``full``.
 
     Returns:
         The worker's figures.
@@ -359,18 +394,18 @@ def run_variant(args: argparse.Namespace, variant: str) -> dict[str, Any]:
 
 
 def build_report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Assembles the JSON report from both workers' figures.
+    """Assembles the JSON report from the workers' figures.
 
     Args:
         args: the parent's parsed command line.
-        results: figures per variant (``lean`` and ``full``).
+        results: figures per variant (``chunked``, ``lean`` and ``full``).
 
     Returns:
         The report (config, per-variant figures, ratios, loss agreement, versions).
     """
-    lean, full = results["lean"], results["full"]
-    loss_diff = abs(lean["loss"] - full["loss"])
-    rel_diff = loss_diff / max(abs(full["loss"]), 1e-12)
+    chunked, lean, full = results["chunked"], results["lean"], results["full"]
+    full_peak = max(full["peak_increase_bytes"], 1)
+    full_logits_fp32_bytes = args.batch * args.seq * args.vocab * 4
     per_variant = {}
     for name, r in results.items():
         per_variant[name] = {
@@ -380,6 +415,10 @@ def build_report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -
             "loss": r["loss"],
             "details": {k: v for k, v in r.items() if k not in _NOT_DETAILS},
         }
+    checks = {}
+    for name in ("chunked", "lean"):
+        diff = abs(results[name]["loss"] - full["loss"])
+        checks[name] = {"abs_diff": diff, "rel_diff": diff / max(abs(full["loss"]), 1e-12)}
     return {
         "benchmark": "loss_memory",
         "config": {
@@ -389,6 +428,8 @@ def build_report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -
             "hidden": args.hidden,
             "supervised_fraction": args.supervised_fraction,
             "supervised_targets": lean["supervised_targets"],
+            "chunk_bytes": chunked["chunk_bytes"],
+            "chunk_tile": chunked["chunk_tile"],
             "dtype": args.dtype,
             "logits_dtype_in_loss": "fp32",
             "seed": args.seed,
@@ -397,15 +438,23 @@ def build_report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -
         },
         "measurement": lean["measurement"],
         "variants": per_variant,
+        # each variant's peak over the full-logits step's peak: the figure issue 18 bounds (chunked <= 0.05)
+        "ratio_over_full": {name: round(r["peak_increase_bytes"] / full_peak, 4) for name, r in results.items()},
+        "full_logits_fp32_bytes": full_logits_fp32_bytes,
+        "chunked_peak_over_full_logits_fp32": round(chunked["peak_increase_bytes"] / full_logits_fp32_bytes, 4),
         "ratio_full_over_lean": {
             "peak_increase": round(full["peak_increase_bytes"] / max(lean["peak_increase_bytes"], 1), 3),
             "step_seconds": round(full["step_seconds"] / max(lean["step_seconds"], 1e-9), 3),
         },
+        "ratio_chunked_over_lean": {
+            "peak_increase": round(chunked["peak_increase_bytes"] / max(lean["peak_increase_bytes"], 1), 4),
+            "step_seconds": round(chunked["step_seconds"] / max(lean["step_seconds"], 1e-9), 3),
+        },
         "loss_check": {
-            "abs_diff": loss_diff,
-            "rel_diff": rel_diff,
+            **checks,
+            "rel_diff": max(c["rel_diff"] for c in checks.values()),
             "rtol": args.rtol,
-            "agree": rel_diff <= args.rtol,
+            "agree": all(c["rel_diff"] <= args.rtol for c in checks.values()),
         },
         "versions": {
             "torch": lean["torch_version"],
@@ -417,13 +466,13 @@ def build_report(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: a worker measures one variant; the parent runs both and reports.
+    """Entry point: a worker measures one variant; the parent runs all three and reports.
 
     Args:
         argv: the arguments (``sys.argv[1:]`` when None).
 
     Returns:
-        The exit status (1 when the two losses disagree, 2 when a worker failed).
+        The exit status (1 when a loss disagrees with the full one, 2 when a worker failed).
     """
     args = parse_args(argv)
     if args.worker:
@@ -443,9 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(text + "\n")
     print(text)
-    lean_loss, full_loss = results["lean"]["loss"], results["full"]["loss"]
-    print(f"[loss_memory] loss lean={lean_loss:.6f} full={full_loss:.6f} rel_diff={report['loss_check']['rel_diff']:.2e}",
-          file=sys.stderr)
+    losses = " ".join(f"{name}={results[name]['loss']:.6f}" for name in VARIANTS)
+    print(f"[loss_memory] loss {losses} max rel_diff={report['loss_check']['rel_diff']:.2e}", file=sys.stderr)
+    print(f"[loss_memory] peak chunked/full = {report['ratio_over_full']['chunked']:.4f}, "
+          f"chunked/(fp32 full logits) = {report['chunked_peak_over_full_logits_fp32']:.4f}", file=sys.stderr)
     if not report["loss_check"]["agree"]:
         print(f"[loss_memory] FAIL: losses differ by more than rtol={args.rtol}", file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ def test_train_throughput_writes_its_figures(tmp_path: Path) -> None:
     assert memory["peak_memory_kind"] == "cpu_max_rss" and memory["peak_memory_bytes"] > 10_000_000
 
 
-def test_loss_memory_lean_and_full_agree_and_lean_uses_less(tmp_path: Path) -> None:
+def test_loss_memory_chunked_lean_and_full_agree_and_chunked_uses_least(tmp_path: Path) -> None:
     out = tmp_path / "lm.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "loss_memory.py"), "--hidden", "64", "--seq", "128", "--batch", "4", "--dtype", "fp32", "--device", "cpu", "--out", str(out)],
@@ -36,11 +36,16 @@ def test_loss_memory_lean_and_full_agree_and_lean_uses_less(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["loss_check"]["agree"] is True
-    lean, full = data["variants"]["lean"], data["variants"]["full"]
+    chunked, lean, full = data["variants"]["chunked"], data["variants"]["lean"], data["variants"]["full"]
     assert abs(lean["loss"] - full["loss"]) <= 1e-5 * abs(full["loss"])
-    assert full["peak_increase_bytes"] > lean["peak_increase_bytes"] > 0
+    assert abs(chunked["loss"] - full["loss"]) <= 1e-5 * abs(full["loss"])
+    assert full["peak_increase_bytes"] > lean["peak_increase_bytes"] > chunked["peak_increase_bytes"] > 0
     # 25% supervised: the full-logits peak is several times the lean one
     assert data["ratio_full_over_lean"]["peak_increase"] > 2
+    # the shipped (chunked) loss's peak over full logits', and the tile it used (default 8 MiB of fp32 logits)
+    assert data["ratio_over_full"]["chunked"] == round(chunked["peak_increase_bytes"] / full["peak_increase_bytes"], 4)
+    assert data["config"]["chunk_bytes"] == 8 << 20 and data["config"]["supervised_targets"] == 4 * 32
+    assert data["full_logits_fp32_bytes"] == 4 * 128 * 151936 * 4
 
 
 def test_generation_throughput_writes_its_figures(tmp_path: Path) -> None:

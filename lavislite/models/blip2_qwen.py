@@ -90,6 +90,10 @@ class Blip2QwenConfig:
     freeze_llm: bool = True
     lora: LoraConfig = field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
+    # The LM-head loss (models/losses.py): auto = chunked (never rows x vocab logits);
+    # full = one head call over the supervised rows. loss_chunk_bytes: fp32 logits per chunk.
+    loss_impl: Literal["auto", "chunked", "full"] = "auto"
+    loss_chunk_bytes: int = 8388608
     # Weights (LAVIS / Hugging Face / lavislite files; see models/checkpoint.py).
     # The LLM's own weights come from llm_model.
     load_pretrained: bool = True
@@ -384,7 +388,7 @@ class Blip2Qwen(BaseModel):
         check_labels(samples["input_ids"].to(device), labels, samples.get("ids"))
         inputs_embeds = self.embed(samples)
         hidden = self.llm.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-        loss, n_tokens = supervised_cross_entropy(hidden, labels, self.llm.get_output_embeddings(), samples.get("ids"))
+        loss, n_tokens = supervised_cross_entropy(hidden, labels, self.llm.get_output_embeddings(), samples.get("ids"), impl=self.cfg.loss_impl, chunk_bytes=self.cfg.loss_chunk_bytes)
         return {"loss": loss, "n_tokens": n_tokens}
 
     @torch.no_grad()

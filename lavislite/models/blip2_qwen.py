@@ -459,7 +459,7 @@ class Blip2Qwen(BaseModel):
         Raises:
             MissingFileError, DataError: an image path that is missing or not an image.
         """
-        from lavislite.datasets.datasets.instruction_dataset import collate_chat
+        from lavislite.processors.collate import collate_chat
         from lavislite.processors.transforms import open_rgb_image
 
         vis, txt = self.chat_processors()

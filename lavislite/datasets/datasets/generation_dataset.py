@@ -13,7 +13,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from lavislite.datasets.datasets.instruction_dataset import check_images_exist, collate_chat, load_image_tensor
+from lavislite.datasets.datasets.instruction_dataset import check_images_exist, load_image_tensor
+from lavislite.processors.collate import collate_chat
 
 
 @dataclass

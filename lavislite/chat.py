@@ -85,7 +85,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_common_args(parser, cfg_required=False)
     parser.add_argument("--checkpoint", default=None, help="a trained model: run folder, release folder, exported folder or .pth")
     parser.add_argument("--device", default=None, help="where the model runs (default: cuda when available, else cpu)")
-    parser.add_argument("--system", default=None, help="the system message (default: the chat processor's)")
+    parser.add_argument("--system", default=None, help="the system message (default: the one the model was trained with)")
+    parser.add_argument(
+        "--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="the weights' precision (default: the run's run.precision; fp32 when it names none)"
+    )
     return parser
 
 
@@ -148,22 +151,32 @@ def load_chat_model(args: argparse.Namespace) -> Any:
 
     import lavislite  # noqa: F401  (registers the built-in names)
 
+    from lavislite.models.release import checkpoint_precision, precision_dtype, run_precision, with_trained_text_processor
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_flag = getattr(args, "dtype", None)
     if args.cfg_path:
+        from omegaconf import OmegaConf
+
         from lavislite.common.config import load_config
         from lavislite.common.registry import registry
 
         if args.checkpoint:
             args.options = [*args.options, f"model.finetuned={args.checkpoint}", "model.load_finetuned=true"]
         cfg = load_config(args)
-        model = registry.get_model_class(cfg.model_cfg.arch).from_config(cfg.model_cfg)
+        # The prompt the run's training datasets teach (system message, max_len), not model.preprocess's default.
+        plain = with_trained_text_processor(OmegaConf.to_container(cfg.config, resolve=True))  # type: ignore[arg-type]
+        model = registry.get_model_class(cfg.model_cfg.arch).from_config(OmegaConf.create(plain["model"]))
+        precision = run_precision(plain, dtype_flag)
     else:
         from lavislite.models.release import load_from_checkpoint
 
         model, _, _ = load_from_checkpoint(args.checkpoint)
+        precision = checkpoint_precision(args.checkpoint, dtype_flag)
     if not hasattr(model, "chat_stream"):
         raise UserError(f"model '{type(model).__name__}' has no chat (chat_stream); chat needs a model such as blip2_qwen")
-    return model.to(device).eval()
+    # The run's precision: what it was trained and validated in, and half the memory of fp32 for bf16.
+    return model.to(device=device, dtype=precision_dtype(precision)).eval()
 
 
 # -- the conversation ---------------------------------------------------------------------

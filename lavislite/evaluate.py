@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from lavislite.cli import add_common_args, run_entry
 
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluates; returns the exit code (a user error raises, ``cli`` turns it into a message)."""
     parser = add_common_args(argparse.ArgumentParser(description="lavislite evaluation"))
     parser.add_argument("--checkpoint", default=None, help="a trained model to load: a release file or folder (same as --options model.finetuned=PATH)")
+    parser.add_argument(
+        "--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="the model's precision (default: the config's run.precision, as in training)"
+    )
     args = parser.parse_args(argv)
     if args.checkpoint:
         # One loading path for both spellings: the model loads it and reports.
@@ -51,9 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     run = cfg.run_cfg
     task = setup_task(cfg)
     datasets = task.build_datasets(cfg, for_evaluation=True)
+    from lavislite.models.release import precision_dtype
+
     model = task.build_model(cfg)
     device = torch.device("cuda", dist_utils.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
-    model = model.to(device)
+    # The run's own precision, so a standalone evaluation reproduces the run's metrics (and a bf16 7B fits).
+    precision, source = evaluation_precision(cfg, args)
+    model = model.to(device=device, dtype=precision_dtype(precision))
+    logger.info("evaluating in %s (%s): weights %s", precision, source, next(model.parameters()).dtype)
 
     # 4. Score each split; rank 0 writes the metrics.
     splits = list(run.test_splits) or list(run.valid_splits)
@@ -67,6 +76,33 @@ def main(argv: list[str] | None = None) -> int:
         write_json(f"{ctx.output_dir}/metrics.json", metrics)
         logger.info("evaluation:\n%s", metrics_table(metrics))
     return 0
+
+
+def evaluation_precision(cfg: Any, args: argparse.Namespace) -> tuple[str, str]:
+    """The precision to evaluate in, and where it comes from.
+
+    ``--dtype`` first; then ``run.precision`` where the config or ``--options``
+    state it; then the ``run.precision`` a checkpoint's run trained in (stored
+    with ``model.finetuned``), so a run's own release is scored as its run
+    scored it; else the schema's default ``run.precision``.
+    """
+    from omegaconf import OmegaConf
+
+    from lavislite.common.config import load_yaml, parse_options
+    from lavislite.models.release import checkpoint_precision
+
+    if args.dtype:
+        return args.dtype, "--dtype"
+    stated = OmegaConf.select(OmegaConf.merge(load_yaml(cfg.cfg_path), parse_options(args.options)), "run.precision")
+    if stated is not None:
+        return str(stated), "run.precision"
+    finetuned = cfg.model_cfg.get("finetuned") if cfg.model_cfg.get("load_finetuned") is not False else ""
+    if finetuned:
+        try:
+            return checkpoint_precision(str(finetuned)), f"run.precision of {finetuned}"
+        except (FileNotFoundError, ValueError):
+            pass  # a bare weights file has no stored run config
+    return str(cfg.run_cfg.precision), "run.precision default"
 
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> str:

@@ -44,10 +44,25 @@ IMAGE_TEXT_SEPARATOR = "\n"
 
 COMMANDS_HELP = "/image PATH (attach an image to your next message), /reset (forget the conversation), /quit"
 
+HELP_EPILOG = """\
+Each line you type (or pipe in) is one user message; the reply is printed as
+"assistant: <reply>". Commands, on a line of their own:
+  /image PATH   attach an image to your next message (may be repeated);
+                lavislite:projects/demo/data/images/shape_000.jpg names an image shipped with lavislite
+  /reset        forget the conversation (messages and images)
+  /quit         leave (end of input does too)
+
+Piped input runs a scripted conversation; replies go to stdout, logs to stderr,
+and the first error ends it (exit code 2):
+  printf '/image lavislite:projects/demo/data/images/shape_000.jpg\\nWhat colour is the shape?\\n' | lavislite-chat --checkpoint output/demo/JOB
+"""
+
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the terminal chat; returns the exit code (a user error raises, ``cli`` turns it into a message)."""
-    parser = argparse.ArgumentParser(description="chat with a lavislite model in the terminal")
+    parser = argparse.ArgumentParser(
+        prog="lavislite-chat", description="chat with a lavislite model in the terminal", epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_args(parser)
     parser.add_argument("--image", action="append", default=[], metavar="PATH", help="attach an image to the first message (may be repeated)")
     add_generation_args(parser)
@@ -58,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = generation_settings(args)
     from lavislite.processors.transforms import open_rgb_image
 
-    first_images = [open_rgb_image(path) for path in args.image]
+    first_images = [open_rgb_image(resolve_image_path(path)) for path in args.image]
 
     # 2. The model, from a checkpoint or a run config.
     from lavislite.common.logger import logger, setup_logger
@@ -179,6 +194,18 @@ def load_chat_model(args: argparse.Namespace) -> Any:
     return model.to(device=device, dtype=precision_dtype(precision)).eval()
 
 
+def resolve_image_path(path: str | os.PathLike[str]) -> str:
+    """An image path as the user typed it -> the file to open.
+
+    ``lavislite:projects/demo/data/images/shape_000.jpg`` names a file shipped
+    with the package (as ``lavislite:`` does for configs), so the demo's images
+    are reachable from an installed package too; ``~`` is expanded.
+    """
+    from lavislite.common.config import resolve_config_path
+
+    return os.path.expanduser(resolve_config_path(os.fspath(path)))
+
+
 # -- the conversation ---------------------------------------------------------------------
 class ChatSession:
     """One conversation with a model: its history, images and generation settings.
@@ -210,7 +237,7 @@ class ChatSession:
         """
         from lavislite.processors.transforms import open_rgb_image
 
-        self.pending.append(open_rgb_image(image) if isinstance(image, (str, os.PathLike)) else image)
+        self.pending.append(open_rgb_image(resolve_image_path(image)) if isinstance(image, (str, os.PathLike)) else image)
 
     def reset(self) -> None:
         """Forgets every message and image, attached ones included."""
@@ -360,7 +387,7 @@ def run_command(session: ChatSession, text: str, err: TextIO) -> bool:
         # Terminals quote dropped-in paths that hold spaces.
         if len(rest) >= 2 and rest[0] == rest[-1] and rest[0] in "'\"":
             rest = rest[1:-1]
-        session.attach(os.path.expanduser(rest))
+        session.attach(rest)  # lavislite:..., ~ resolved there
         print(f"[image attached: {rest}]", file=err)
     elif name == "/help":
         print(COMMANDS_HELP, file=err)

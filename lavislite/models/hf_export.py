@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import tempfile
 from typing import Any, Mapping
@@ -54,6 +55,29 @@ from lavislite.processors.tokenizers import DEFAULT_SYSTEM_MESSAGE, ENDOFTEXT, I
 
 # PIL resampling filters by lavislite's interpolation names (PIL.Image.Resampling values).
 PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
+
+
+class _AcceleratorNoticeFilter(logging.Filter):
+    """Drops DeepSpeed's accelerator-detection notices ("Setting accelerator to CPU. If you have GPU ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Setting accelerator to") or message.startswith("Setting ds_accelerator to"))
+
+
+def quiet_deepspeed_accelerator_notice() -> None:
+    """Keeps DeepSpeed's accelerator notice off the export's output.
+
+    ``save_pretrained`` asks accelerate to unwrap the model, and accelerate
+    imports DeepSpeed whenever it is installed; DeepSpeed then detects an
+    accelerator and prints, on stdout, a warning about a GPU it could not
+    find: noise for an export, which uses no DeepSpeed at all. The filter sits
+    on DeepSpeed's own logger (made now if DeepSpeed is not imported yet; its
+    set-up keeps filters) and drops only those notices.
+    """
+    ds_logger = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _AcceleratorNoticeFilter) for f in ds_logger.filters):
+        ds_logger.addFilter(_AcceleratorNoticeFilter())
 
 
 def _is_peft(module: nn.Module) -> bool:
@@ -261,6 +285,7 @@ def export_hf(
         bos_token_id=getattr(llm_config, "bos_token_id", None),
     )
 
+    quiet_deepspeed_accelerator_notice()
     with atomic_folder(out_dir, replaceable=_is_export) as tmp:
         hf.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer = export_tokenizer(model.tokenizer, int(model.cfg.qformer.num_query_token), system_message_of(model))

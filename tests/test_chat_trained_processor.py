@@ -24,7 +24,7 @@ from conftest import DEMO_DATA, launch
 SYSTEM = "You are Shapey, who names colours and shapes."
 
 
-def run_config(path: Path, precision: str = "bf16", systems: tuple[str, ...] = (SYSTEM,), max_len: int = 200) -> Path:
+def run_config(path: Path, precision: str | None = "bf16", systems: tuple[str, ...] = (SYSTEM,), max_len: int = 200) -> Path:
     """A run config training the demo model with a custom system message (one dataset per message) and an eval-only set."""
     datasets: dict[str, Any] = {}
     for k, (builder, ann) in enumerate([("minigpt4_instruction", "minigpt4_instruction.json"), ("llava_instruction", "llava_instruction.json")][: len(systems)]):
@@ -40,7 +40,7 @@ def run_config(path: Path, precision: str = "bf16", systems: tuple[str, ...] = (
         "text_processor": {"eval": {"name": "qwen_chat", "max_len": 256, "system_message": "Eval-only message."}},
     }
     config = {"model": {"arch": "blip2_qwen", "model_type": "demo"}, "datasets": datasets,
-              "run": {"task": "vqa", "precision": precision, "test_splits": ["test"], "output_dir": str(path.parent / "out")}}
+              "run": {"task": "vqa", "test_splits": ["test"], "output_dir": str(path.parent / "out"), **({"precision": precision} if precision else {})}}
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
     return path
 
@@ -144,3 +144,8 @@ def test_evaluate_runs_in_the_run_precision_and_dtype_overrides(release: Path, t
     proc = launch("evaluate.py", ["--cfg-path", cfg, "--checkpoint", str(release), "--dtype", "fp32", "--options", *common, "run.job_id=fp32"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "evaluating in fp32 (--dtype): weights torch.float32" in proc.stderr
+    # An evaluation config that names no precision scores a checkpoint in the precision its run trained in.
+    plain = run_config(tmp_path / "no_precision.yaml", precision=None)
+    proc = launch("evaluate.py", ["--cfg-path", str(plain), "--checkpoint", str(release), "--options", *common, "run.job_id=stored"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"evaluating in bf16 (run.precision of {release}): weights torch.bfloat16" in proc.stderr

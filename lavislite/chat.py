@@ -44,10 +44,25 @@ IMAGE_TEXT_SEPARATOR = "\n"
 
 COMMANDS_HELP = "/image PATH (attach an image to your next message), /reset (forget the conversation), /quit"
 
+HELP_EPILOG = """\
+Each line you type (or pipe in) is one user message; the reply is printed as
+"assistant: <reply>". Commands, on a line of their own:
+  /image PATH   attach an image to your next message (may be repeated);
+                lavislite:projects/demo/data/images/shape_000.jpg names an image shipped with lavislite
+  /reset        forget the conversation (messages and images)
+  /quit         leave (end of input does too)
+
+Piped input runs a scripted conversation; replies go to stdout, logs to stderr,
+and the first error ends it (exit code 2):
+  printf '/image lavislite:projects/demo/data/images/shape_000.jpg\\nWhat colour is the shape?\\n' | lavislite-chat --checkpoint output/demo/JOB
+"""
+
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the terminal chat; returns the exit code (a user error raises, ``cli`` turns it into a message)."""
-    parser = argparse.ArgumentParser(description="chat with a lavislite model in the terminal")
+    parser = argparse.ArgumentParser(
+        prog="lavislite-chat", description="chat with a lavislite model in the terminal", epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_args(parser)
     parser.add_argument("--image", action="append", default=[], metavar="PATH", help="attach an image to the first message (may be repeated)")
     add_generation_args(parser)
@@ -58,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = generation_settings(args)
     from lavislite.processors.transforms import open_rgb_image
 
-    first_images = [open_rgb_image(path) for path in args.image]
+    first_images = [open_rgb_image(resolve_image_path(path)) for path in args.image]
 
     # 2. The model, from a checkpoint or a run config.
     from lavislite.common.logger import logger, setup_logger
@@ -85,7 +100,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_common_args(parser, cfg_required=False)
     parser.add_argument("--checkpoint", default=None, help="a trained model: run folder, release folder, exported folder or .pth")
     parser.add_argument("--device", default=None, help="where the model runs (default: cuda when available, else cpu)")
-    parser.add_argument("--system", default=None, help="the system message (default: the chat processor's)")
+    parser.add_argument("--system", default=None, help="the system message (default: the one the model was trained with)")
+    parser.add_argument(
+        "--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="the weights' precision (default: the run's run.precision; fp32 when it names none)"
+    )
     return parser
 
 
@@ -148,22 +166,44 @@ def load_chat_model(args: argparse.Namespace) -> Any:
 
     import lavislite  # noqa: F401  (registers the built-in names)
 
+    from lavislite.models.release import checkpoint_precision, precision_dtype, run_precision, with_trained_text_processor
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_flag = getattr(args, "dtype", None)
     if args.cfg_path:
+        from omegaconf import OmegaConf
+
         from lavislite.common.config import load_config
         from lavislite.common.registry import registry
 
         if args.checkpoint:
             args.options = [*args.options, f"model.finetuned={args.checkpoint}", "model.load_finetuned=true"]
         cfg = load_config(args)
-        model = registry.get_model_class(cfg.model_cfg.arch).from_config(cfg.model_cfg)
+        # The prompt the run's training datasets teach (system message, max_len), not model.preprocess's default.
+        plain = with_trained_text_processor(OmegaConf.to_container(cfg.config, resolve=True))  # type: ignore[arg-type]
+        model = registry.get_model_class(cfg.model_cfg.arch).from_config(OmegaConf.create(plain["model"]))
+        precision = run_precision(plain, dtype_flag)
     else:
         from lavislite.models.release import load_from_checkpoint
 
         model, _, _ = load_from_checkpoint(args.checkpoint)
+        precision = checkpoint_precision(args.checkpoint, dtype_flag)
     if not hasattr(model, "chat_stream"):
         raise UserError(f"model '{type(model).__name__}' has no chat (chat_stream); chat needs a model such as blip2_qwen")
-    return model.to(device).eval()
+    # The run's precision: what it was trained and validated in, and half the memory of fp32 for bf16.
+    return model.to(device=device, dtype=precision_dtype(precision)).eval()
+
+
+def resolve_image_path(path: str | os.PathLike[str]) -> str:
+    """An image path as the user typed it -> the file to open.
+
+    ``lavislite:projects/demo/data/images/shape_000.jpg`` names a file shipped
+    with the package (as ``lavislite:`` does for configs), so the demo's images
+    are reachable from an installed package too; ``~`` is expanded.
+    """
+    from lavislite.common.config import resolve_config_path
+
+    return os.path.expanduser(resolve_config_path(os.fspath(path)))
 
 
 # -- the conversation ---------------------------------------------------------------------
@@ -197,7 +237,7 @@ class ChatSession:
         """
         from lavislite.processors.transforms import open_rgb_image
 
-        self.pending.append(open_rgb_image(image) if isinstance(image, (str, os.PathLike)) else image)
+        self.pending.append(open_rgb_image(resolve_image_path(image)) if isinstance(image, (str, os.PathLike)) else image)
 
     def reset(self) -> None:
         """Forgets every message and image, attached ones included."""
@@ -347,7 +387,7 @@ def run_command(session: ChatSession, text: str, err: TextIO) -> bool:
         # Terminals quote dropped-in paths that hold spaces.
         if len(rest) >= 2 and rest[0] == rest[-1] and rest[0] in "'\"":
             rest = rest[1:-1]
-        session.attach(os.path.expanduser(rest))
+        session.attach(rest)  # lavislite:..., ~ resolved there
         print(f"[image attached: {rest}]", file=err)
     elif name == "/help":
         print(COMMANDS_HELP, file=err)

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluates; returns the exit code (a user error raises, ``cli`` turns it into a message)."""
     parser = add_common_args(argparse.ArgumentParser(description="lavislite evaluation"))
     parser.add_argument("--checkpoint", default=None, help="a trained model to load: a release file or folder (same as --options model.finetuned=PATH)")
+    parser.add_argument(
+        "--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="the model's precision (default: the config's run.precision, as in training)"
+    )
     args = parser.parse_args(argv)
     if args.checkpoint:
         # One loading path for both spellings: the model loads it and reports.
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from lavislite.common import dist_utils
     from lavislite.common.logger import FILE_ONLY, logger
     from lavislite.tasks import setup_task
+    from lavislite.models.release import precision_dtype
     from lavislite.tasks.base_task import write_json
 
     run = cfg.run_cfg
@@ -58,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     datasets = task.build_datasets(cfg, for_evaluation=True)
     model = task.build_model(cfg, for_evaluation=True)
     device = torch.device("cuda", dist_utils.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
-    model = model.to(device)
+    # The run's own precision, so a standalone evaluation reproduces the run's metrics (and a bf16 7B fits).
+    precision, source = evaluation_precision(cfg, args)
+    model = model.to(device=device, dtype=precision_dtype(precision))
+    logger.info("evaluating in %s (%s): weights %s", precision, source, next(model.parameters()).dtype)
 
     # 4. Score each split; rank 0 writes the metrics.
     splits = list(run.test_splits) or list(run.valid_splits)
@@ -94,6 +101,33 @@ def check_finetuned_exists(model_cfg: Any, checkpoint_arg: str | None) -> None:
     if not finetuned or model_cfg.get("load_finetuned") is False:
         return
     check_checkpoint(str(finetuned), f"--checkpoint {checkpoint_arg}" if checkpoint_arg else f"model.finetuned={finetuned}")
+
+
+def evaluation_precision(cfg: Any, args: argparse.Namespace) -> tuple[str, str]:
+    """The precision to evaluate in, and where it comes from.
+
+    ``--dtype`` first; then ``run.precision`` where the config or ``--options``
+    state it; then the ``run.precision`` a checkpoint's run trained in (stored
+    with ``model.finetuned``), so a run's own release is scored as its run
+    scored it; else the schema's default ``run.precision``.
+    """
+    from omegaconf import OmegaConf
+
+    from lavislite.common.config import load_yaml, parse_options
+    from lavislite.models.release import checkpoint_precision
+
+    if args.dtype:
+        return args.dtype, "--dtype"
+    stated = OmegaConf.select(OmegaConf.merge(load_yaml(cfg.cfg_path), parse_options(args.options)), "run.precision")
+    if stated is not None:
+        return str(stated), "run.precision"
+    finetuned = cfg.model_cfg.get("finetuned") if cfg.model_cfg.get("load_finetuned") is not False else ""
+    if finetuned:
+        try:
+            return checkpoint_precision(str(finetuned)), f"run.precision of {finetuned}"
+        except (FileNotFoundError, ValueError):
+            pass  # a bare weights file has no stored run config
+    return str(cfg.run_cfg.precision), "run.precision default"
 
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> str:

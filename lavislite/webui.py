@@ -33,6 +33,10 @@ INSTALL_HINT = "the web chat needs gradio: pip install -e \".[demo]\" (or pip in
 # offline that means seconds of timeouts and refused connections.
 OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
 
+# The image box says what happens to its image: sent with the next message, or already sent.
+IMAGE_LABEL_PENDING = "Image (sent with your next message)"
+IMAGE_LABEL_SENT = "Image (sent; upload another to send it with your next message)"
+
 
 def main(argv: list[str] | None = None) -> int:
     """Serves the web chat until interrupted; returns the exit code."""
@@ -94,7 +98,7 @@ def build_app(model: Any, settings: dict[str, Any], system: str | None = None) -
         """Streams one turn: the user's message (with a newly uploaded image), then the reply as it grows."""
         text = (text or "").strip()
         if not text:
-            yield gr.update(), session, attached, shown, gr.update()
+            yield gr.update(), session, attached, shown, gr.update(), gr.update()
             return
         session = session or ChatSession(model, settings, system=system)
         before = list(shown)
@@ -106,16 +110,22 @@ def build_app(model: Any, settings: dict[str, Any], system: str | None = None) -
             picture = [{"role": "user", "content": {"path": attached}}] if session.pending else []
             shown = [*shown, *picture, {"role": "user", "content": text}]
             # The box empties and locks while the reply streams (no second send mid-reply); `unlock` opens it.
-            yield gr.update(value="", interactive=False), session, attached, shown, gr.update(interactive=False)
+            yield gr.update(value="", interactive=False), session, attached, shown, gr.update(interactive=False), gr.update()
             reply = ""
             for piece in session.ask(text):
                 reply += piece
-                yield gr.update(), session, attached, [*shown, {"role": "assistant", "content": reply}], gr.update()
-            yield gr.update(), session, attached, [*shown, {"role": "assistant", "content": reply}], gr.update()
+                yield gr.update(), session, attached, [*shown, {"role": "assistant", "content": reply}], gr.update(), gr.update()
+            # The turn is kept, its image with it: the box no longer promises to send it.
+            label = gr.update(label=IMAGE_LABEL_SENT) if attached else gr.update()
+            yield gr.update(), session, attached, [*shown, {"role": "assistant", "content": reply}], gr.update(), label
         except UserError as exc:
             # The turn is not kept (the session dropped it too); the message goes back in the box.
             gr.Warning(str(exc))
-            yield gr.update(value=text), session, attached, before, gr.update()
+            yield gr.update(value=text), session, attached, before, gr.update(), gr.update()
+
+    def uploaded(image: str | None, attached: str | None) -> Any:
+        """A new image in the box goes with the next message; the one already sent does not go again."""
+        return gr.update(label=IMAGE_LABEL_SENT if image and image == attached else IMAGE_LABEL_PENDING)
 
     def unlock() -> tuple[Any, Any]:
         """Opens the message box and the Send button again, after a reply or an error."""
@@ -125,7 +135,7 @@ def build_app(model: Any, settings: dict[str, Any], system: str | None = None) -
         """Forgets the conversation and the image."""
         if session is not None:
             session.reset()
-        return session, None, [], None, gr.update(value="", interactive=True), gr.update(interactive=True)
+        return session, None, [], gr.update(value=None, label=IMAGE_LABEL_PENDING), gr.update(value="", interactive=True), gr.update(interactive=True)
 
     with gr.Blocks(title="lavislite chat", analytics_enabled=False, **theme_kwargs(gr, gr.Blocks)) as app:
         gr.Markdown("### lavislite chat\nUpload an image, then ask about it. Each message continues the conversation; *Reset* starts over.")
@@ -133,7 +143,7 @@ def build_app(model: Any, settings: dict[str, Any], system: str | None = None) -
         attached_state = gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(type="filepath", label="Image (sent with your next message)", elem_id="image", sources=["upload"], height=320)
+                image = gr.Image(type="filepath", label=IMAGE_LABEL_PENDING, elem_id="image", sources=["upload"], height=320)
             with gr.Column(scale=2):
                 chatbot = gr.Chatbot(label="Conversation", elem_id="chatbot", **chatbot_kwargs(gr))
                 message = gr.Textbox(label="Message", placeholder="Ask about the image, then press Enter", elem_id="message", lines=1)
@@ -141,10 +151,11 @@ def build_app(model: Any, settings: dict[str, Any], system: str | None = None) -
                     send_button = gr.Button("Send", variant="primary", elem_id="send")
                     reset_button = gr.Button("Reset", elem_id="reset")
         inputs = [message, image, session_state, attached_state, chatbot]
-        outputs = [message, session_state, attached_state, chatbot, send_button]
+        outputs = [message, session_state, attached_state, chatbot, send_button, image]
         # `then` runs after an error too, so the box never stays locked.
         message.submit(send, inputs, outputs).then(unlock, None, [message, send_button])
         send_button.click(send, inputs, outputs).then(unlock, None, [message, send_button])
+        image.change(uploaded, [image, attached_state], [image])
         reset_outputs = [session_state, attached_state, chatbot, image, message, send_button]
         reset_button.click(reset, [session_state], reset_outputs)
         if hasattr(chatbot, "clear"):  # the chat box's own trash button: forget what it no longer shows
@@ -166,6 +177,10 @@ def launch(app: Any, host: str, port: int, block: bool = True) -> Any:
     gr = import_gradio()
     kwargs: dict[str, Any] = {"server_name": host, "server_port": port, "share": False, "show_error": True, "prevent_thread_lock": not block}
     params = inspect.signature(app.launch).parameters
+    if "quiet" in params:
+        # Gradio would print "To create a public link, set `share=True`": a flag this
+        # command does not have (main logs the address itself).
+        kwargs["quiet"] = True
     if "ssr_mode" in params:  # gradio >= 5: SSR would start a Node server
         kwargs["ssr_mode"] = False
     kwargs.update(theme_kwargs(gr, app.launch))

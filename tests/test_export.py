@@ -275,9 +275,10 @@ def test_export_folder_layout(world: SimpleNamespace) -> None:
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"] == ["Blip2ForConditionalGeneration"]
     assert config["num_query_tokens"] == world.plain.cfg.qformer.num_query_token
-    assert config["text_config"]["model_type"] == "qwen2" and config["text_config"]["eos_token_id"] == IM_END
+    # A reply ends at <|im_end|> or <|endoftext|>, as in lavislite's generate and Qwen's own generation config.
+    assert config["text_config"]["model_type"] == "qwen2" and config["text_config"]["eos_token_id"] == [IM_END, ENDOFTEXT]
     generation = json.loads((folder / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == IM_END and generation["pad_token_id"] == ENDOFTEXT
+    assert generation["eos_token_id"] == [IM_END, ENDOFTEXT] and generation["pad_token_id"] == ENDOFTEXT
     image = json.loads((folder / "preprocessor_config.json").read_text())
     assert image["size"] == {"height": 64, "width": 64} and image["resample"] == 3 and image["do_rescale"] and image["do_normalize"]
     assert json.loads((folder / "processor_config.json").read_text())["num_query_tokens"] is None

@@ -401,11 +401,11 @@ class Blip2Qwen(BaseModel):
         ``add_generation_prompt``; the generation collater pads them on the
         left). Images go through the same placeholder path as in training; the
         LLM's own ``generate`` does the decoding (KV cache, beam search,
-        sampling) and stops at ``<|im_end|>``.
+        sampling) and stops at ``<|im_end|>`` or ``<|endoftext|>`` (``stop_token_ids``).
 
         Args:
             samples: ``input_ids``, ``attention_mask`` (left-padded) and ``image``.
-            return_ids: also return each reply's token ids (without ``<|im_end|>`` and padding).
+            return_ids: also return each reply's token ids (without the stop token and padding).
             streamer: a transformers streamer (e.g. ``TextIteratorStreamer``) for batch size 1.
             synced_gpus: keep decoding until every rank is done (ZeRO-3: each
                 forward pass gathers parameters from all ranks).
@@ -422,13 +422,13 @@ class Blip2Qwen(BaseModel):
         with zero3_gathered(list(self.parameters(recurse=False))):
             embeds = self.embed(samples)
         attention_mask = samples["attention_mask"].to(embeds.device)
-        end_id = int(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        stop_ids = self.stop_token_ids()
         pad_id = int(self.tokenizer.pad_token_id)
         out = self.llm.generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             pad_token_id=pad_id,
-            eos_token_id=end_id,
+            eos_token_id=stop_ids,
             streamer=streamer,
             synced_gpus=synced_gpus,
             **hf_generate_kwargs(config),
@@ -438,12 +438,23 @@ class Blip2Qwen(BaseModel):
         for row in out.tolist():
             reply = []
             for token in row:
-                if token in (end_id, pad_id):
+                if token in stop_ids or token == pad_id:
                     break
                 reply.append(token)
             ids.append(reply)
         texts = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
         return (texts, ids) if return_ids else texts
+
+    def stop_token_ids(self) -> list[int]:
+        """The tokens that end a reply: ``<|im_end|>`` (ChatML's end of turn) and ``<|endoftext|>``.
+
+        Qwen's own generation config stops on both: a model that ends with
+        ``<|endoftext|>`` would otherwise decode on to ``max_new_tokens``, and a
+        stream would show that continuation.
+        """
+        from lavislite.processors.tokenizers import stop_token_ids
+
+        return stop_token_ids(self.tokenizer)
 
     # -- chat -----------------------------------------------------------------------
     def chat_processors(self) -> tuple[Any, Any]:
@@ -471,13 +482,15 @@ class Blip2Qwen(BaseModel):
         Raises:
             MissingFileError, DataError: an image path that is missing or not an image.
         """
-        from lavislite.datasets.datasets.instruction_dataset import collate_chat
+        from lavislite.processors.chat_processor import kept_images
+        from lavislite.processors.collate import collate_chat
         from lavislite.processors.transforms import open_rgb_image
 
         vis, txt = self.chat_processors()
+        # Over max_len, the oldest turns are dropped with their images (the first ones).
         enc = txt(list(messages), num_images=len(images), sample_id="chat", add_generation_prompt=True)
         tensors = []
-        for image in images[: enc["num_images"]]:
+        for image in kept_images(images, enc):
             if isinstance(image, torch.Tensor):
                 tensors.append(image)
             else:
@@ -537,7 +550,9 @@ class Blip2Qwen(BaseModel):
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
-        yield from streamer
+        for piece in streamer:
+            if piece:  # the streamer hands out "" while a word or a character is incomplete
+                yield piece
         worker.join()
         if failure:
             raise failure[0]

@@ -5,7 +5,7 @@ The folder loads with transformers alone (no lavislite, no remote code)::
     config.json                  Blip2Config: vision/qformer configs, the Qwen text_config,
                                  num_query_tokens, image_token_index = <|image_pad|>
     model-0000N-of-0000M.safetensors + model.safetensors.index.json
-    generation_config.json       eos <|im_end|>, pad <|endoftext|>
+    generation_config.json       eos [<|im_end|>, <|endoftext|>], pad <|endoftext|>
     tokenizer.json, tokenizer_config.json, chat_template.jinja
                                  the Qwen2.5 tokenizer with lavislite's chat template
                                  (an image part -> <|vision_start|> + N x <|image_pad|> + <|vision_end|>)
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import tempfile
 from typing import Any, Mapping
@@ -50,11 +51,33 @@ from lavislite.models.release import (
     peft_adapter_state,
     write_adapter,
 )
-from lavislite.processors.tokenizers import DEFAULT_SYSTEM_MESSAGE, IMAGE_TOKEN, chatml_template
+from lavislite.processors.tokenizers import DEFAULT_SYSTEM_MESSAGE, ENDOFTEXT, IMAGE_TOKEN, chatml_template, stop_token_ids
 
 # PIL resampling filters by lavislite's interpolation names (PIL.Image.Resampling values).
 PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
-IM_END, ENDOFTEXT = "<|im_end|>", "<|endoftext|>"
+
+
+class _AcceleratorNoticeFilter(logging.Filter):
+    """Drops DeepSpeed's accelerator-detection notices ("Setting accelerator to CPU. If you have GPU ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Setting accelerator to") or message.startswith("Setting ds_accelerator to"))
+
+
+def quiet_deepspeed_accelerator_notice() -> None:
+    """Keeps DeepSpeed's accelerator notice off the export's output.
+
+    ``save_pretrained`` asks accelerate to unwrap the model, and accelerate
+    imports DeepSpeed whenever it is installed; DeepSpeed then detects an
+    accelerator and prints, on stdout, a warning about a GPU it could not
+    find: noise for an export, which uses no DeepSpeed at all. The filter sits
+    on DeepSpeed's own logger (made now if DeepSpeed is not imported yet; its
+    set-up keeps filters) and drops only those notices.
+    """
+    ds_logger = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _AcceleratorNoticeFilter) for f in ds_logger.filters):
+        ds_logger.addFilter(_AcceleratorNoticeFilter())
 
 
 def _is_peft(module: nn.Module) -> bool:
@@ -110,8 +133,9 @@ def build_blip2_config(model: Any, llm_config: Any) -> Any:
     text_config = copy.deepcopy(llm_config)
     tok = model.tokenizer
     # Blip2ForConditionalGeneration.generate runs language_model.generate, whose
-    # defaults come from the text config: ChatML ends a reply with <|im_end|>.
-    text_config.eos_token_id = int(tok.convert_tokens_to_ids(IM_END))
+    # defaults come from the text config: a reply ends with <|im_end|> (ChatML) or
+    # <|endoftext|>, as lavislite's generate stops.
+    text_config.eos_token_id = stop_token_ids(tok)
     text_config.pad_token_id = int(tok.convert_tokens_to_ids(ENDOFTEXT))
     return Blip2Config(
         vision_config=model.vision.config.to_dict(),
@@ -255,11 +279,13 @@ def export_hf(
     hf.tie_weights()
     tok = model.tokenizer
     hf.generation_config = GenerationConfig(
-        eos_token_id=int(tok.convert_tokens_to_ids(IM_END)),
+        # Both, as lavislite's generate and Qwen's own generation config stop.
+        eos_token_id=stop_token_ids(tok),
         pad_token_id=int(tok.convert_tokens_to_ids(ENDOFTEXT)),
         bos_token_id=getattr(llm_config, "bos_token_id", None),
     )
 
+    quiet_deepspeed_accelerator_notice()
     with atomic_folder(out_dir, replaceable=_is_export) as tmp:
         hf.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer = export_tokenizer(model.tokenizer, int(model.cfg.qformer.num_query_token), system_message_of(model))

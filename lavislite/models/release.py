@@ -125,6 +125,113 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+# -- the text processor a model was trained with --------------------------------------------
+# Filled from the model (its tokenizer and query count), not part of what the data taught it.
+_CONTEXT_KEYS = ("tokenizer", "num_image_tokens")
+# What a chat or an export must repeat exactly: the prompt the model learned and its length.
+TRAINED_TEXT_KEYS = ("system_message", "max_len")
+
+
+def trained_text_processor(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The text processor the training datasets of a run config used (their ``text_processor.train``).
+
+    A model answers best with the system message (and within the ``max_len``)
+    it was trained on; ``model.preprocess`` only holds a default. The training
+    datasets are those with a ``run.train_splits`` split (``train`` unless set)
+    and a ``text_processor.train``. When they disagree on ``system_message`` or
+    ``max_len``, the first one (in config order) is taken, with a warning that
+    names them.
+
+    Args:
+        config: a merged run config as a plain dict (``model``, ``datasets``, ``run``).
+
+    Returns:
+        The processor spec (``name``, ``system_message``, ``max_len``, ...; the
+        model-given ``tokenizer`` / ``num_image_tokens`` left out), or None when
+        no dataset in the config trains.
+    """
+    from lavislite.common.logger import logger
+
+    train_splits = list((config.get("run") or {}).get("train_splits") or ["train"])
+    found: list[tuple[str, dict[str, Any]]] = []
+    for name, section in (config.get("datasets") or {}).items():
+        if not isinstance(section, Mapping):
+            continue
+        spec = (section.get("text_processor") or {}).get("train")
+        if not isinstance(spec, Mapping):
+            continue
+        annotations = ((section.get("build_info") or {}).get("annotations")) or {}
+        if annotations and not any(split in annotations for split in train_splits):
+            continue  # an evaluation-only dataset
+        found.append((str(name), {k: v for k, v in spec.items() if k not in _CONTEXT_KEYS}))
+    if not found:
+        return None
+    first_name, first = found[0]
+    for key in TRAINED_TEXT_KEYS:
+        values = {name: spec.get(key) for name, spec in found}
+        if len({repr(v) for v in values.values()}) > 1:
+            listed = ", ".join(f"datasets.{n}: {v!r}" for n, v in values.items())
+            logger.warning("the training datasets disagree on text_processor.train.%s (%s): chat and export use datasets.%s's", key, listed, first_name)
+    return dict(first)
+
+
+def with_trained_text_processor(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a run config whose ``model.preprocess.text_processor`` is the one the model trained with.
+
+    Both ``train`` and ``eval`` become the training datasets' processor
+    (``trained_text_processor``), over the model's default spec, so
+    ``load_model_and_preprocess``, ``model.chat`` (terminal and web chat) and
+    the export's chat template render the prompt the model learned. A config
+    without training datasets comes back unchanged.
+    """
+    import copy
+
+    cfg = copy.deepcopy(dict(config))
+    spec = trained_text_processor(cfg)
+    model = cfg.get("model")
+    if spec is None or not isinstance(model, dict):
+        return cfg
+    preprocess = dict(model.get("preprocess") or {})
+    text = dict(preprocess.get("text_processor") or {})
+    for split in ("train", "eval"):
+        old = dict(text.get(split) or {})
+        if old.get("name", spec.get("name")) != spec.get("name"):
+            old = {}  # another processor's keys would not fit this one's schema
+        text[split] = {**old, **spec}
+    preprocess["text_processor"] = text
+    model["preprocess"] = preprocess
+    return cfg
+
+
+# -- precision ----------------------------------------------------------------------------
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """``run.precision`` (``fp32`` / ``bf16`` / ``fp16``) as a torch dtype.
+
+    Raises:
+        ValueError: any other name (the message lists the valid ones).
+    """
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in table:
+        raise ValueError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
+    return table[precision]
+
+
+def run_precision(config: Mapping[str, Any], override: str | None = None) -> str:
+    """The precision a model of this run config runs in: ``override`` (``--dtype``), else ``run.precision``, else fp32.
+
+    A config with no ``run.precision`` (an older release, a bare model config)
+    keeps fp32, the dtype models are built in.
+    """
+    if override:
+        precision_dtype(override)  # checked
+        return override
+    value = (config.get("run") or {}).get("precision") if isinstance(config.get("run"), Mapping) else None
+    return str(value) if value else "fp32"
+
+
 # -- writing ------------------------------------------------------------------------------
 def is_lora_key(key: str) -> bool:
     """Whether a parameter name is a LoRA adapter weight (``...lora_A.default.weight``)."""
@@ -244,7 +351,8 @@ def write_release(
     import yaml
     from safetensors.torch import save_file
 
-    cfg = _plain_config(config)
+    # The release says which prompt (system message, max_len) the model learned.
+    cfg = with_trained_text_processor(_plain_config(config))
     model_cfg = cfg.get("model")
     if not isinstance(model_cfg, dict):
         raise ValueError("write_release: config has no 'model' section; pass the merged run config (model, datasets, run)")
@@ -432,7 +540,7 @@ def export_model_overrides(folder: str) -> dict[str, Any]:
 
 
 def load_from_checkpoint(
-    path: str, *, is_eval: bool = True, device: str | torch.device = "cpu", **overrides: Any
+    path: str, *, is_eval: bool = True, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None, **overrides: Any
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """Builds a trained model and its processors from a checkpoint and the config saved with it.
 
@@ -441,6 +549,9 @@ def load_from_checkpoint(
             older ``checkpoint_release.pth`` (``resolve_checkpoint``).
         is_eval: put the model in eval mode.
         device: where to move it.
+        dtype: the dtype of its weights (``"bf16"``, ``torch.bfloat16``, ...;
+            ``checkpoint_precision`` gives the run's own); None keeps the
+            dtype the model is built in (fp32).
         **overrides: merged over the stored ``model`` config (e.g. ``freeze_vit=False``).
 
     Returns:
@@ -457,7 +568,9 @@ def load_from_checkpoint(
     from lavislite.models import load_preprocess
 
     resolved = resolve_checkpoint(path)
-    section = dict(read_release_config(resolved)["model"])
+    # The text processor it trained with (recorded by write_release; derived
+    # from the stored datasets for a release written before that).
+    section = dict(with_trained_text_processor(read_release_config(resolved))["model"])
     if os.path.isdir(resolved) and is_hf_export(resolved):
         section.update(export_model_overrides(resolved))
     # The weights load through the model's own finetuned path: reported, and an
@@ -473,4 +586,15 @@ def load_from_checkpoint(
     if is_eval:
         model.eval()
     vis, txt = load_preprocess(cfg, model_cls.processor_context(cfg))
+    if dtype is not None:
+        model = model.to(precision_dtype(dtype) if isinstance(dtype, str) else dtype)
     return model.to(device), vis, txt
+
+
+def checkpoint_precision(path: str, override: str | None = None) -> str:
+    """The precision a checkpoint's run trained in (``run.precision`` of its stored config), or ``override``.
+
+    Raises:
+        FileNotFoundError, ValueError: as ``resolve_checkpoint`` / ``read_release_config``.
+    """
+    return run_precision(read_release_config(resolve_checkpoint(path)), override)

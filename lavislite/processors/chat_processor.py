@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lavislite.common.registry import registry
 from lavislite.common.errors import DataError
+from lavislite.common.logger import logger
 from lavislite.common.schema import validate
 from lavislite.processors.base_processor import BaseProcessor
 from lavislite.processors.tokenizers import DEFAULT_SYSTEM_MESSAGE, IMAGE_END, IMAGE_START, IMAGE_TOKEN, load_tokenizer
@@ -191,6 +192,12 @@ class QwenChatProcessor(BaseProcessor):
     ) -> dict[str, Any]:
         """Tokenizes one conversation.
 
+        Training data (``add_generation_prompt=False``) longer than ``max_len``
+        is cut at the end (``truncate``), never through an image. A prompt for
+        generation is never cut at the end: that would lose the newest question
+        and the open assistant turn the reply starts from. Its oldest turns are
+        dropped instead (``fit_prompt``), with their images.
+
         Args:
             turns: ``[{"role": "user"|"assistant"|"system", "content": str | list of parts}, ...]``
                 (OpenAI / transformers message form; images as placeholders in
@@ -200,15 +207,31 @@ class QwenChatProcessor(BaseProcessor):
             add_generation_prompt: end with an open assistant turn (for generation).
 
         Returns:
-            ``{"input_ids": list[int], "labels": list[int], "num_images": int}``; after
-            truncation ``num_images`` is how many images still have their tokens.
+            ``{"input_ids": list[int], "labels": list[int], "num_images": int, "first_image": int}``:
+            the images that kept their tokens are ``images[first_image : first_image + num_images]``
+            (``kept_images`` picks them): a cut end drops the last images, dropped
+            oldest turns the first ones.
 
         Raises:
-            SampleError: placeholders do not match ``num_images``, or the turns are malformed.
+            SampleError: placeholders do not match ``num_images``, the turns are
+                malformed, or a generation prompt does not fit ``max_len`` even
+                with every droppable turn dropped.
         """
         found = sum(self.count_images(t.get("content")) for t in turns if t.get("role") == "user")
         if found != num_images:
             raise SampleError(f"sample {sample_id}: {found} image placeholder(s) in the text but {num_images} image(s)")
+        if add_generation_prompt:
+            return self.fit_prompt(turns, num_images, sample_id)
+        ids, labels = self.encode(turns, num_images, sample_id, add_generation_prompt=False)
+        ids, labels, kept = self.truncate(ids, labels, num_images)
+        return {"input_ids": ids, "labels": labels, "num_images": kept, "first_image": 0}
+
+    def encode(self, turns: list[dict[str, Any]], num_images: int, sample_id: str, add_generation_prompt: bool) -> tuple[list[int], list[int]]:
+        """Renders and tokenizes a whole conversation: ``(input_ids, labels)``, nothing cut.
+
+        Raises:
+            SampleError: malformed turns, or image tokens that do not match ``num_images``.
+        """
         text, spans = self.render(turns, sample_id, add_generation_prompt)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids: list[int] = enc["input_ids"]
@@ -226,8 +249,55 @@ class QwenChatProcessor(BaseProcessor):
                 f"sample {sample_id}: {n_image_tokens} {self.cfg.image_token} tokens but {num_images} image(s) x "
                 f"{self.cfg.num_image_tokens}; the text must not contain {self.cfg.image_token} itself"
             )
-        ids, labels, kept = self.truncate(ids, labels, num_images)
-        return {"input_ids": ids, "labels": labels, "num_images": kept}
+        return ids, labels
+
+    def fit_prompt(self, turns: list[dict[str, Any]], num_images: int, sample_id: str = "?") -> dict[str, Any]:
+        """A generation prompt within ``max_len``: the oldest turns dropped when it is longer.
+
+        The system message and the last user turn (with its images) always
+        stay, and so does the open assistant turn after it; whole turns go,
+        oldest first, starting each time at a user turn so the conversation
+        still alternates user / assistant. The first time a processor drops
+        turns it logs a warning (a chat would otherwise repeat it every turn).
+
+        Returns:
+            As ``__call__``; ``first_image`` counts the images of the dropped turns.
+
+        Raises:
+            SampleError: naming the prompt's length and ``max_len`` when even the
+                system message plus the last user turn do not fit.
+        """
+        max_len = self.cfg.max_len
+        ids, labels = self.encode(turns, num_images, sample_id, add_generation_prompt=True)
+        if len(ids) <= max_len:
+            return {"input_ids": ids, "labels": labels, "num_images": num_images, "first_image": 0}
+        head = 1 if turns and turns[0].get("role") == "system" else 0
+        # Where a shortened conversation may start: each later user turn.
+        starts = [i for i in range(head + 1, len(turns)) if turns[i].get("role") == "user"]
+        full_len = len(ids)
+        for start in starts:
+            kept_turns = [*turns[:head], *turns[start:]]
+            dropped = sum(self.count_images(t.get("content")) for t in turns[head:start] if t.get("role") == "user")
+            ids, labels = self.encode(kept_turns, num_images - dropped, sample_id, add_generation_prompt=True)
+            if len(ids) <= max_len:
+                message = (
+                    "sample %s: the prompt has %d tokens, over max_len %d: dropped its %d oldest turn(s) and %d image(s), "
+                    "kept the system message and the last %d turn(s) (%d tokens)"
+                )
+                args = (sample_id, full_len, max_len, start - head, dropped, len(turns) - start, len(ids))
+                if not getattr(self, "_dropped_logged", False):
+                    self._dropped_logged = True
+                    logger.warning(message + "; said once, later prompts are shortened the same way", *args)
+                else:
+                    logger.debug(message, *args)
+                return {"input_ids": ids, "labels": labels, "num_images": num_images - dropped, "first_image": dropped}
+        last = starts[-1] if starts else head
+        shortest = len(ids)
+        raise SampleError(
+            f"sample {sample_id}: the prompt has {shortest} tokens with only the system message and the last user turn "
+            f"(turn {last}) left ({full_len} in all), over max_len {max_len}: nothing more can be dropped; "
+            f"shorten the message, send fewer images, or raise the text processor's max_len"
+        )
 
     def truncate(self, ids: list[int], labels: list[int], num_images: int) -> tuple[list[int], list[int], int]:
         """Cuts to ``max_len`` without cutting through an image's tokens.
@@ -249,3 +319,13 @@ class QwenChatProcessor(BaseProcessor):
                 cut = min(cut, s)
                 break
         return ids[:cut], labels[:cut], kept
+
+
+def kept_images(images: list[Any], encoded: dict[str, Any]) -> list[Any]:
+    """The images of a conversation that kept their tokens in ``encoded`` (a chat processor's output).
+
+    A cut end (training data) drops the last images; dropped oldest turns (a
+    generation prompt) drop the first ones.
+    """
+    first = int(encoded.get("first_image", 0))
+    return list(images[first : first + int(encoded["num_images"])])

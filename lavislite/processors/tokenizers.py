@@ -54,6 +54,10 @@ FIRST_ADDED_ID = 151643
 
 DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant."
 IMAGE_START, IMAGE_TOKEN, IMAGE_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
+# A reply ends at either: <|im_end|> closes a ChatML turn, <|endoftext|> a document
+# (Qwen2.5's generation_config.json stops on both, im_end first).
+IM_END, ENDOFTEXT = "<|im_end|>", "<|endoftext|>"
+STOP_TOKENS = (IM_END, ENDOFTEXT)
 
 
 def _jinja_string(text: str) -> str:
@@ -212,3 +216,18 @@ def load_tokenizer(name_or_path: str, cache_root: str | None = None) -> Any:
         return AutoTokenizer.from_pretrained(name_or_path)
     except Exception as exc:
         raise TokenizerError(f"cannot load tokenizer '{name_or_path}': {exc}") from exc
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """The ids generation stops at (``STOP_TOKENS``), in Qwen's order: ``<|im_end|>``, ``<|endoftext|>``.
+
+    Raises:
+        ValueError: the tokenizer lacks one of them (it is not a Qwen / ChatML tokenizer).
+    """
+    ids = []
+    for token in STOP_TOKENS:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no {token} token: generation needs a Qwen (ChatML) tokenizer")
+        ids.append(int(token_id))
+    return ids

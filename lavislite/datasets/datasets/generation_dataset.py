@@ -13,8 +13,9 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from lavislite.datasets.datasets.instruction_dataset import check_images_exist, collate_chat, load_image_tensor
-from lavislite.processors.chat_processor import SampleError
+from lavislite.datasets.datasets.instruction_dataset import check_images_exist, load_image_tensor
+from lavislite.processors.chat_processor import SampleError, kept_images
+from lavislite.processors.collate import collate_chat
 
 
 @dataclass
@@ -88,7 +89,8 @@ class GenerationDataset(Dataset):
         sample = self.samples[index]
         turns = [{"role": "user", "content": sample.prompt}]
         text = self.text_processor(turns, num_images=len(sample.images), sample_id=str(sample.id), add_generation_prompt=True)
-        images = [load_image_tensor(self.vis_root, p, self.vis_processor, str(sample.id)) for p in sample.images[: text["num_images"]]]
+        # A prompt over max_len drops its oldest turns with their images (the chat processor says which stay).
+        images = [load_image_tensor(self.vis_root, p, self.vis_processor, str(sample.id)) for p in kept_images(sample.images, text)]
         return {
             "id": sample.id,
             "image": torch.stack(images) if images else None,

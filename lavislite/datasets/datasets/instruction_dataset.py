@@ -22,7 +22,9 @@ from torch.utils.data import Dataset
 from lavislite.common.utils import as_list
 from lavislite.common.errors import MissingFileError
 from lavislite.common.logger import logger
-from lavislite.processors.chat_processor import IGNORE_INDEX, SampleError
+from lavislite.processors.chat_processor import IGNORE_INDEX, SampleError  # noqa: F401  (IGNORE_INDEX: re-exported)
+# The collation of chat tensors lives in processors/ (models use it too); re-exported here.
+from lavislite.processors.collate import collate_chat  # noqa: F401
 
 
 __all__ = [
@@ -343,32 +345,3 @@ class InstructionDataset(Dataset):
 
     def collater(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         return collate_chat(batch, pad_token_id=int(self.text_processor.tokenizer.pad_token_id))
-
-
-def collate_chat(batch: list[dict[str, Any]], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
-    """Pads to the longest sample in the batch and stacks every image in sample order.
-
-    Returns:
-        ``input_ids``, ``attention_mask``, ``labels`` (B, L_max); ``image``
-        (total images, 3, H, W) or None; ``num_images`` per sample; ``ids``.
-    """
-    max_len = max(len(b["input_ids"]) for b in batch)
-    input_ids = torch.full((len(batch), max_len), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(batch), max_len), IGNORE_INDEX, dtype=torch.long)
-    attention = torch.zeros((len(batch), max_len), dtype=torch.long)
-    for i, b in enumerate(batch):
-        n = len(b["input_ids"])
-        sl = slice(0, n) if padding_side == "right" else slice(max_len - n, max_len)
-        input_ids[i, sl] = b["input_ids"]
-        attention[i, sl] = 1
-        if "labels" in b:
-            labels[i, sl] = b["labels"]
-    images = [b["image"] for b in batch if b.get("image") is not None]
-    return {
-        "ids": [b["id"] for b in batch],
-        "image": torch.cat(images) if images else None,
-        "num_images": [0 if b.get("image") is None else len(b["image"]) for b in batch],
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "labels": labels,
-    }

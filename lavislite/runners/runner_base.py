@@ -114,16 +114,6 @@ class NonFiniteLossError(FloatingPointError):
     """The loss was NaN or infinite (``run.on_nonfinite_loss: stop``, or too many skips)."""
 
 
-def set_seed(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def param_groups(model: torch.nn.Module, weight_decay: float, init_lr: float, part_lr: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Optimizer groups of trainable parameters only, one pair per model part.
 

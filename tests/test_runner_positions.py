@@ -103,6 +103,12 @@ def test_max_steps_wins_over_max_epoch_and_every_epoch_end_keeps_a_checkpoint(tm
     assert (_state(run_dir, "step_2")["epoch"], _state(run_dir, "step_2")["batch"]) == (0, 2)
     assert (_state(run_dir, "epoch_1")["epoch"], _state(run_dir, "epoch_1")["batch"]) == (2, 0)
     assert (_state(run_dir, "step_7")["epoch"], _state(run_dir, "step_7")["batch"], _state(run_dir, "step_7")["global_step"]) == (3, 1, 7)
+    # step_2 holds the end of epoch 0, whatever the batch size: batches of 3 (16 samples are not a whole
+    # number of them) go on with epoch 1.
+    proc = _train(tmp_path, "b3", [*TINY, "run.batch_size_train=3", "run.max_steps=3", "run.log_freq=1", f"run.resume_ckpt_path={run_dir / 'checkpoints' / 'step_2'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from {run_dir / 'checkpoints' / 'step_2'} at epoch 0, batch 5, step 2" in proc.stderr
+    assert [(r["step"], r["epoch"]) for r in metrics(tmp_path / "b3")] == [(3, 1)]
 
 
 def test_a_max_steps_stop_mid_epoch_records_its_position_and_a_resume_with_another_batch_size_continues_at_the_same_sample(

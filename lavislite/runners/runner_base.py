@@ -184,6 +184,7 @@ class RunnerBase:
         self.setup_engine()
         self.setup_writers()
         self.setup_resume()
+        self.n_epochs = self.plan_epochs()  # after the resume: counted from where training stands
 
     def setup_output_dir(self) -> None:
         if dist_utils.is_main_process():
@@ -248,10 +249,17 @@ class RunnerBase:
         return self.steps_per_epoch * self.run.max_epoch
 
     def plan_epochs(self) -> int:
-        """How many epochs the loop runs: enough for ``plan_steps()`` (``max_epoch`` without ``max_steps``)."""
+        """The epoch count the loop runs to: enough for ``plan_steps()`` (``max_epoch`` without ``max_steps``).
+
+        Counted from where training stands (after a resume, whose batch size
+        may differ from the run it continues): the rest of the start epoch,
+        then whole epochs.
+        """
         if self.run.max_steps is None:
             return self.run.max_epoch
-        epochs = max(1, math.ceil(self.max_steps / self.steps_per_epoch))
+        left_in_start = max(0, self.batches_per_epoch - self.start_batch) // self.run.accum_grad_iters
+        remaining = self.max_steps - self.global_step
+        epochs = self.start_epoch + 1 + max(0, math.ceil((remaining - left_in_start) / self.steps_per_epoch))
         if epochs != self.run.max_epoch:
             logger.info(
                 "run.max_steps=%d sets the run's length: %d epoch(s) of %d step(s) (run.max_epoch=%d is not used)",
@@ -269,7 +277,6 @@ class RunnerBase:
         self.ds_config = ds_config
         self.zero_stage = int(ds_config["zero_optimization"]["stage"])
         self.max_steps = self.plan_steps()
-        self.n_epochs = self.plan_epochs()
         groups = param_groups(self.model, self.run.weight_decay, self.run.init_lr, self.run.part_lr)
         if not groups:
             raise ConfigError(["model: no trainable parameters: every part is frozen (see the model.freeze_* switches)"])
@@ -664,6 +671,7 @@ class RunnerBase:
             "best_metric": self.best_metric,
             "nonfinite_steps": self.nonfinite_steps,
             **layout,
+            "batches_per_epoch": self.batches_per_epoch,
             "train_samples": len(self.train_set),
         }
 
@@ -714,7 +722,11 @@ class RunnerBase:
                 f"cannot resume {path} with world_size {old_world} -> {now['world_size']}: its ZeRO-{self.zero_stage} optimizer state is "
                 f"partitioned over {old_world} process(es), and DeepSpeed loads it only at that world size; resume with {old_world} process(es)"
             )
-        start_batch = ckpt.resume_batch(path, state, now, whole_windows=self.windows_restart_each_epoch)
+        if int(state["batch"]) >= int(state.get("batches_per_epoch", 1 << 62)):
+            # A step checkpoint at its epoch's very end: the end of the epoch in any layout.
+            start_batch = self.batches_per_epoch
+        else:
+            start_batch = ckpt.resume_batch(path, state, now, whole_windows=self.windows_restart_each_epoch)
         if "train_samples" in state and int(state["train_samples"]) != len(self.train_set):
             logger.warning(
                 "%s was written with %d training samples, this run has %d: the epoch's order changes, so the resumed epoch's samples are not the same",
@@ -724,7 +736,7 @@ class RunnerBase:
         if loaded is None:
             raise MissingFileError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")
         self.start_epoch, self.start_batch = int(state["epoch"]), start_batch
-        if start_batch != int(state["batch"]):
+        if any(int(state.get(k, now[k])) != now[k] for k in ckpt.LAYOUT_KEYS):
             logger.info(
                 "%s: batch %d of epoch %d in the checkpoint's batches is batch %d of %d x %d process(es) (the same sample)",
                 path, int(state["batch"]), self.start_epoch, start_batch, now["batch_size_train"], now["world_size"],

@@ -77,7 +77,8 @@ def _first_on_this_node(message: str) -> bool:
     another local rank waits briefly for that marker and prints only if it
     does not come: an error that only its own rank met.
     """
-    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) <= 1:
+    # torchrun says LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE
+    if int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1"))) <= 1:
         return True
     digest = hashlib.sha1(message.encode("utf-8")).hexdigest()[:16]
     marker = os.path.join(tempfile.gettempdir(), f"lavislite-error-{os.getppid()}-{os.environ.get('MASTER_PORT', '')}-{digest}")

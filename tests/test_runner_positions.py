@@ -173,3 +173,12 @@ def test_a_missing_best_folder_at_the_end_is_an_error_not_a_silent_release_of_th
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"{tmp_path / 'lost' / 'best'} is missing" in proc.stderr and "agg_metrics 0.5000" in proc.stderr
     assert not (tmp_path / "lost" / "release").exists()
+
+
+def test_max_steps_wins_under_runner_iter_too(tmp_path: Path) -> None:
+    """The trap, for runner_iter: run.max_steps sets the length there as well (over run.max_iters)."""
+    proc = _train(tmp_path, "it", [*TINY, "run.runner=runner_iter", "run.max_iters=2", "run.iters_per_inner_epoch=2", "run.max_steps=5", "run.log_freq=1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "run.max_steps=5 sets the run's length (run.max_iters=2 is not used)" in proc.stderr
+    assert [r["step"] for r in metrics(tmp_path / "it")] == [1, 2, 3, 4, 5]
+    assert "iter_5" in _tags(tmp_path / "it")

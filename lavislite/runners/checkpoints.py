@@ -4,7 +4,9 @@ A checkpoint is a folder ``<run>/checkpoints/<tag>/`` holding the DeepSpeed
 engine state (optimizer partitions, lr scheduler; frozen weights excluded,
 since they come from the model's own sources), each rank's random state
 (``rng_state_rank<R>.pt``) and the trainer state (``trainer_state.json``:
-epoch, position in the epoch, step, best metric). It counts only once every
+epoch, position in the epoch in batches and in samples, the world size, batch
+size and accumulation it was counted in, step, best metric; see
+``resume_batch``). It counts only once every
 rank has finished writing and rank 0 has written the ``COMPLETE`` marker, last;
 the run folder's pointer (``checkpoints/latest``) moves only then. DeepSpeed's
 own ``latest`` file is not used: it is written before the other ranks finish.

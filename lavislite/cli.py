@@ -4,13 +4,23 @@ A ``UserError`` (bad config, bad data, a missing file, a checkpoint that does
 not fit) is printed as a short ``error: ...`` and the process exits 2 without
 a traceback; ``--debug`` or ``LAVISLITE_DEBUG=1`` shows the traceback. Other
 exceptions are bugs and keep theirs.
+
+Under a launcher (torchrun, deepspeed) every rank usually meets the same error
+(the same config, the same files), so it is printed once per node: by local
+rank 0, and by another rank only when its message is one local rank 0 did not
+print (an error of its own shard). A failing worker exits 2 and torchrun stops
+the others; it then prints its ``ChildFailedError`` summary (root cause
+``exitcode : 2``) and exits 1 itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
+import tempfile
+import time
 from typing import Callable
 
 from lavislite.common.errors import UserError
@@ -47,10 +57,44 @@ def run_entry(main: Callable[[list[str] | None], int], argv: list[str] | None = 
             raise
         rank = os.environ.get("RANK", "0")
         where = "" if os.environ.get("WORLD_SIZE", "1") == "1" else f" (rank {rank})"
-        print(f"error{where}: {user_message(exc)}", file=sys.stderr)
+        message = user_message(exc)
+        if _first_on_this_node(message):
+            print(f"error{where}: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
         _close_process_group()
+
+
+# How long a rank other than local rank 0 waits for local rank 0 to report the same error.
+_PEER_WAIT_S = 3.0
+
+
+def _first_on_this_node(message: str) -> bool:
+    """Whether this process should print ``message``: not when local rank 0 prints the same one.
+
+    Local rank 0 always prints and leaves a marker (named by the launcher's
+    process id, the rendezvous port and the message) in the temp folder;
+    another local rank waits briefly for that marker and prints only if it
+    does not come: an error that only its own rank met.
+    """
+    # torchrun says LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE
+    if int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1"))) <= 1:
+        return True
+    digest = hashlib.sha1(message.encode("utf-8")).hexdigest()[:16]
+    marker = os.path.join(tempfile.gettempdir(), f"lavislite-error-{os.getppid()}-{os.environ.get('MASTER_PORT', '')}-{digest}")
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        try:
+            with open(marker, "w", encoding="utf-8"):
+                pass
+        except OSError:
+            pass  # the others print too: better twice than never
+        return True
+    deadline = time.monotonic() + _PEER_WAIT_S
+    while time.monotonic() < deadline:
+        if os.path.exists(marker):
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _close_process_group() -> None:

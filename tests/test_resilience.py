@@ -7,6 +7,7 @@ whole process group, or a task / runner registered through ``run.imports``
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -245,3 +246,42 @@ def test_nonfinite_loss_skip_counts_and_stops_after_the_limit(tmp_path: Path, fa
     assert counts[0] in (0, 1) and counts[-1] == 1 and counts == sorted(counts)  # counted once, in epoch 0
     assert all(r["loss"] == r["loss"] for r in records)  # no NaN reached the logged loss or the weights
     assert len(records) >= 15  # epoch 0 trained through
+
+
+def test_a_resume_on_another_world_size_under_zero2_is_refused_naming_it(tmp_path: Path, zero2_run: Path) -> None:
+    """Issue 15.3: ZeRO-2 optimizer partitions of 2 processes, resumed on 1: a clear refusal, not DeepSpeed's traceback."""
+    ckpt = zero2_run / "checkpoints" / "epoch_0"
+    proc = launch("train.py", ["--cfg-path", DEMO, "--options", *TWO_PROC, f"run.output_dir={tmp_path}", "run.job_id=w1", f"run.resume_ckpt_path={ckpt}"])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"cannot resume {ckpt} with world_size 2 -> 1: its ZeRO-2 optimizer state is partitioned over 2 process(es)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_resume_on_another_world_size_continues_at_the_exact_sample(tmp_path: Path) -> None:
+    """Issue 15.3: 2 processes x batch 4 stop after 16 samples (ZeRO-0: the optimizer state is whole);
+    one process with batch 8 continues with the 17th, exactly as a one-process run of batch 8 trains it."""
+    from test_runner_positions import HELPERS
+
+    helpers = tmp_path / "runner_helpers.py"
+    helpers.write_text(HELPERS)
+    common = [*SMALL, "run.runner=records_ids", f"run.imports=[{helpers}]", "run.num_workers=0", "run.deepspeed_config.zero_optimization.stage=0", "run.log_freq=1"]
+
+    def ids(run_dir: Path, rank: int = 0) -> dict[int, list[str]]:
+        return {r["step"]: r["ids"] for r in map(json.loads, (run_dir / f"ids_rank{rank}.jsonl").read_text().splitlines())}
+
+    two = launch("train.py", ["--cfg-path", DEMO, "--options", *common, f"run.output_dir={tmp_path}", "run.job_id=two", "run.batch_size_train=4", "run.max_steps=2"], nproc=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    state = json.loads((tmp_path / "two" / "checkpoints" / "step_2" / "trainer_state.json").read_text())
+    assert (state["batch"], state["samples"], state["world_size"], state["batch_size_train"]) == (2, 16, 2, 4)
+    one = launch("train.py", ["--cfg-path", DEMO, "--options", *common, f"run.output_dir={tmp_path}", "run.job_id=one", "run.max_steps=3"])
+    assert one.returncode == 0, one.stderr[-3000:]
+    resumed = launch("train.py", ["--cfg-path", DEMO, "--options", *common, f"run.output_dir={tmp_path}", "run.job_id=res", "run.max_steps=3",
+                                  f"run.resume_ckpt_path={tmp_path / 'two' / 'checkpoints' / 'step_2'}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "batch 2 of epoch 0 in the checkpoint's batches is batch 2 of 8 x 1 process(es) (the same sample)" in resumed.stderr
+    ref, r0, r1 = ids(tmp_path / "one"), ids(tmp_path / "two", 0), ids(tmp_path / "two", 1)
+    # the two ranks together trained the one-process run's first 16 samples (rank-strided) ...
+    for step in (1, 2):
+        assert sorted(r0[step] + r1[step]) == sorted(ref[step])
+    # ... and the resumed run goes on with the 17th to 24th
+    assert ids(tmp_path / "res") == {3: ref[3]}

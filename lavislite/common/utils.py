@@ -71,6 +71,21 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, Sequence) and not isinstance(value, (str, bytes)) else [value]
 
 
+def set_seed(seed: int) -> None:
+    """Seeds Python's, NumPy's and torch's (CPU and CUDA) generators of this process.
+
+    The imports are local: ``common`` is imported with ``lavislite`` and must stay light.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def _register_resolvers() -> None:
     # ``${lib:projects/demo/data}`` in a YAML file points into the shipped files.
     if not OmegaConf.has_resolver("lib"):

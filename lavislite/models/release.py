@@ -19,17 +19,15 @@ with the weights, loading them through the model's normal ``finetuned`` path
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from lavislite.common.errors import CheckpointError, MissingFileError
+from lavislite.common.io import atomic_folder
 
 # File names of a release folder and of an exported Hugging Face folder.
 RELEASE_WEIGHTS = "model.safetensors"
@@ -47,82 +45,6 @@ EXPORT_ADAPTER_DIR = "adapter"
 # peft's adapter name inside lavislite models (get_peft_model's default).
 PEFT_ADAPTER_NAME = "default"
 _LORA_KEY = re.compile(r"\.lora_(A|B|embedding_A|embedding_B|magnitude_vector)\.")
-
-
-# -- atomic folders -----------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_folder(out_dir: str, replaceable: Callable[[str], bool]) -> Iterator[str]:
-    """Yields a temporary folder beside ``out_dir`` that becomes ``out_dir`` on success.
-
-    Everything is written (and fsynced) in the temporary folder, which then
-    takes ``out_dir``'s place by ``os.replace``: a crash or an exception leaves
-    either the previous folder or the complete new one, never a half-written
-    one. (A previous folder is first moved aside, then deleted once the new one
-    is in place.)
-
-    Args:
-        out_dir: the folder to create or replace.
-        replaceable: says whether an existing, non-empty ``out_dir`` may be
-            replaced (it looks like what this writer writes); otherwise the
-            write is refused rather than deleting a user's unrelated files.
-
-    Raises:
-        FileExistsError: ``out_dir`` is a file, or a non-empty folder ``replaceable`` refuses.
-    """
-    out_dir = os.path.abspath(out_dir)
-    parent, name = os.path.dirname(out_dir), os.path.basename(out_dir)
-    if os.path.exists(out_dir):
-        if not os.path.isdir(out_dir):
-            raise FileExistsError(f"{out_dir} exists and is not a folder")
-        if os.listdir(out_dir) and not replaceable(out_dir):
-            raise FileExistsError(f"{out_dir} exists and holds other files; refusing to replace it (choose an empty or new folder)")
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{name}.tmp-")
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if os.path.exists(out_dir):
-        old = tempfile.mkdtemp(dir=parent, prefix=f".{name}.old-")
-        os.replace(out_dir, old)  # onto an empty folder: allowed for directories on POSIX
-    try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out_dir)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(parent)
-
-
-def _fsync_tree(folder: str) -> None:
-    # The rename must not reach the disk before the data it points to.
-    for root, _dirs, files in os.walk(folder):
-        for f in files:
-            fd = os.open(os.path.join(root, f), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(root)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 # -- the text processor a model was trained with --------------------------------------------

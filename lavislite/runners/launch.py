@@ -15,7 +15,7 @@ from lavislite.common import dist_utils
 from lavislite.common.config import Config
 from lavislite.common.logger import FILE_ONLY, logger, setup_logger
 from lavislite.common.registry import registry
-from lavislite.runners.runner_base import set_seed
+from lavislite.common.utils import set_seed
 
 SHM_OP = "deepspeed_shm_comm"
 

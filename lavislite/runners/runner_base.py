@@ -13,7 +13,7 @@ same collectives), a non-finite loss (``run.on_nonfinite_loss``).
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import shutil
 import sys
@@ -28,7 +28,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from lavislite.common import dist_utils
 from lavislite.common.config import Config
-from lavislite.common.errors import MissingFileError
+from lavislite.common.errors import CheckpointError, MissingFileError
 from lavislite.common.logger import JsonlWriter, logger
 from lavislite.common.optims import SchedulerArgs
 from lavislite.common.registry import registry
@@ -50,7 +50,9 @@ class RunnerConfig:
     job_id: str | None = None  # default: a timestamp
     # optimisation
     max_epoch: int = 1
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke runs)
+    # The run's length in optimizer steps; when set it wins over max_epoch (as in
+    # transformers' Trainer): epochs continue until this many steps are taken.
+    max_steps: int | None = None
     batch_size_train: int = 2  # per process (DeepSpeed micro-batch)
     batch_size_eval: int = 2
     accum_grad_iters: int = 1
@@ -114,16 +116,6 @@ class NonFiniteLossError(FloatingPointError):
     """The loss was NaN or infinite (``run.on_nonfinite_loss: stop``, or too many skips)."""
 
 
-def set_seed(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def param_groups(model: torch.nn.Module, weight_decay: float, init_lr: float, part_lr: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Optimizer groups of trainable parameters only, one pair per model part.
 
@@ -180,6 +172,7 @@ class RunnerBase:
         self.global_step = 0
         self.start_epoch = 0
         self.start_batch = 0  # batches of start_epoch already trained (mid-epoch resume)
+        self.next_batch = 0  # in the current epoch: the batch after the last optimizer step
         self.best_metric: float | None = None
         self.nonfinite_steps = 0
         self.reference_batch: dict[str, Any] | None = None
@@ -191,6 +184,7 @@ class RunnerBase:
         self.setup_engine()
         self.setup_writers()
         self.setup_resume()
+        self.n_epochs = self.plan_epochs()  # after the resume: counted from where training stands
 
     def setup_output_dir(self) -> None:
         if dist_utils.is_main_process():
@@ -245,9 +239,33 @@ class RunnerBase:
             logger.info("the last %d batch(es) of each epoch are dropped (a partial accumulation window)", batches - self.batches_per_epoch)
 
     def plan_steps(self) -> int:
-        """How many optimizer steps the run takes (the lr schedule's length)."""
-        max_steps = self.steps_per_epoch * self.run.max_epoch
-        return min(max_steps, self.run.max_steps) if self.run.max_steps is not None else max_steps
+        """How many optimizer steps the run takes (the lr schedule's length).
+
+        ``run.max_steps`` wins over ``run.max_epoch`` (as in transformers'
+        Trainer); without it, ``max_epoch`` whole epochs.
+        """
+        if self.run.max_steps is not None:
+            return int(self.run.max_steps)
+        return self.steps_per_epoch * self.run.max_epoch
+
+    def plan_epochs(self) -> int:
+        """The epoch count the loop runs to: enough for ``plan_steps()`` (``max_epoch`` without ``max_steps``).
+
+        Counted from where training stands (after a resume, whose batch size
+        may differ from the run it continues): the rest of the start epoch,
+        then whole epochs.
+        """
+        if self.run.max_steps is None:
+            return self.run.max_epoch
+        left_in_start = max(0, self.batches_per_epoch - self.start_batch) // self.run.accum_grad_iters
+        remaining = self.max_steps - self.global_step
+        epochs = self.start_epoch + 1 + max(0, math.ceil((remaining - left_in_start) / self.steps_per_epoch))
+        if epochs != self.run.max_epoch:
+            logger.info(
+                "run.max_steps=%d sets the run's length: %d epoch(s) of %d step(s) (run.max_epoch=%d is not used)",
+                self.max_steps, epochs, self.steps_per_epoch, self.run.max_epoch,
+            )
+        return epochs
 
     def setup_engine(self) -> None:
         import deepspeed
@@ -317,14 +335,18 @@ class RunnerBase:
         self.setup()
         start = time.time()
         last: dict[str, Any] = {}
-        for epoch in range(self.start_epoch, self.run.max_epoch):
+        for epoch in range(self.start_epoch, self.n_epochs):
             if self.done:
                 break
-            first_batch = self.start_batch if epoch == self.start_epoch else 0
-            last = self.train_steps(self.epoch_batches(epoch, first_batch), self.max_steps) or last
-            if self.run.valid_splits and ((epoch + 1) % self.run.val_freq == 0 or epoch + 1 == self.run.max_epoch or self.done):
+            self.next_batch = self.start_batch if epoch == self.start_epoch else 0
+            last = self.train_steps(self.epoch_batches(epoch, self.next_batch), self.max_steps) or last
+            if self.run.valid_splits and ((epoch + 1) % self.run.val_freq == 0 or self.is_last_epoch(epoch)):
                 self.validate(epoch)
-            if (epoch + 1) % self.run.save_freq_epochs == 0 or epoch + 1 == self.run.max_epoch or self.done:
+            if self.next_batch < self.batches_per_epoch:
+                # Stopped by max_steps inside the epoch: the checkpoint records
+                # where, so a resume that extends the run trains the epoch's rest.
+                self.save_checkpoint(f"step_{self.global_step}", next_epoch=epoch, next_batch=self.next_batch)
+            elif self.saves_epoch_checkpoint(epoch):
                 self.save_checkpoint(f"epoch_{epoch}", next_epoch=epoch + 1, next_batch=0)
         self.finish()
         logger.info("training finished in %.1fs; outputs in %s", time.time() - start, self.output_dir)
@@ -333,6 +355,13 @@ class RunnerBase:
     @property
     def done(self) -> bool:
         return self.global_step >= self.max_steps
+
+    def is_last_epoch(self, epoch: int) -> bool:
+        return epoch + 1 >= self.n_epochs or self.done
+
+    def saves_epoch_checkpoint(self, epoch: int) -> bool:
+        """Whether ``epoch``'s end gets an epoch checkpoint (every ``save_freq_epochs``-th, and the last)."""
+        return (epoch + 1) % self.run.save_freq_epochs == 0 or self.is_last_epoch(epoch)
 
     def epoch_batches(self, epoch: int, first_batch: int = 0) -> Iterator[tuple[int, int, dict[str, Any]]]:
         """``(epoch, batch index, batch)`` for the whole accumulation windows of one epoch, from ``first_batch`` on."""
@@ -384,6 +413,7 @@ class RunnerBase:
                 continue
             in_window = 0
             self.global_step += 1
+            self.next_batch = index + 1
             self.on_step_end({"step": self.global_step, "epoch": epoch, **step_info, "last_batch": samples})
             step_info = {"data_wait": 0.0, "samples": 0, "losses": []}
             if self.global_step % self.run.log_freq == 0 or self.global_step >= until_step:
@@ -410,9 +440,15 @@ class RunnerBase:
         """
 
     def save_step_checkpoint(self, epoch: int, next_batch: int) -> None:
-        """A mid-epoch checkpoint; one at the epoch's very end is left to the epoch checkpoint."""
-        if next_batch < self.batches_per_epoch:
-            self.save_checkpoint(f"step_{self.global_step}", next_epoch=epoch, next_batch=next_batch)
+        """A checkpoint every ``save_freq_steps`` steps.
+
+        One at the epoch's very end is skipped only when that epoch gets its
+        epoch checkpoint (the same position); otherwise (``save_freq_epochs``
+        > 1) it is written, recording the epoch's end as its position.
+        """
+        if next_batch >= self.batches_per_epoch and self.saves_epoch_checkpoint(epoch):
+            return
+        self.save_checkpoint(f"step_{self.global_step}", next_epoch=epoch, next_batch=next_batch)
 
     def forward_backward(self, samples: dict[str, Any]) -> float | None:
         """One micro-batch; returns its loss, or None when a non-finite loss was skipped.
@@ -514,7 +550,15 @@ class RunnerBase:
         if not results:
             return
         agg = sum(float(m["agg_metrics"]) for m in results.values()) / len(results)
-        improved = self.best_metric is None or agg > self.best_metric
+        # A NaN compares false with everything: kept as the best, it would never
+        # be beaten. A non-finite metric never improves and is never stored.
+        finite = math.isfinite(agg)
+        improved = finite and (self.best_metric is None or agg > self.best_metric)
+        if not finite and dist_utils.is_main_process():
+            logger.warning(
+                "validation at step %d: agg_metrics is %s, not a number the best weights can be kept by; the best stays %s",
+                self.global_step, agg, "none yet" if self.best_metric is None else f"{self.best_metric:.4f}",
+            )
         if dist_utils.is_main_process():
             scalars = {f"{key}/{k}": float(v) for key, m in results.items() for k, v in m.items() if isinstance(v, (int, float))}
             self._write_record({"step": self.global_step, "epoch": epoch, "valid": results, "agg_metrics": agg, "best": improved}, "valid", scalars)
@@ -524,31 +568,39 @@ class RunnerBase:
             self.save_best()
 
     def save_best(self) -> None:
-        """The trainable weights of the best validation so far, in ``<run>/best/`` (written atomically)."""
+        """The trainable weights of the best validation so far, in ``<run>/best/`` (replaced in one step)."""
         state = self.gather_trainable()
         if dist_utils.is_main_process():
-            from safetensors.torch import save_file
-
-            final = os.path.join(self.output_dir, "best")
-            tmp = f"{final}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-            save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(tmp, "model.safetensors"))
-            with open(os.path.join(tmp, "info.json"), "w", encoding="utf-8") as fh:
-                json.dump({"global_step": self.global_step, "agg_metrics": self.best_metric}, fh)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            ckpt.write_best(os.path.join(self.output_dir, ckpt.BEST), state, {"global_step": self.global_step, "agg_metrics": self.best_metric})
         dist_utils.barrier()
+
+    def load_best(self) -> None:
+        """Puts the best validation's weights back before the test and the release.
+
+        Raises:
+            CheckpointError: validation kept a best (``best_metric``) but ``best/`` is missing:
+                testing and releasing the last weights in its place would be a silent swap.
+        """
+        best_dir = os.path.join(self.output_dir, ckpt.BEST)
+        info = dist_utils.broadcast_object(ckpt.read_best_info(best_dir) if dist_utils.is_main_process() else None)
+        if info is None:
+            if self.best_metric is not None:
+                raise CheckpointError(
+                    f"{best_dir} is missing (or has no {ckpt.BEST_WEIGHTS}), but validation kept the best weights there "
+                    f"(agg_metrics {self.best_metric:.4f}); the last weights are not tested or released in their place. "
+                    "To test and release the last weights instead, resume with --options run.valid_splits=[]"
+                )
+            logger.warning("no validation gave a finite agg_metrics: the test and the release use the last weights (step %d)", self.global_step)
+            return
+        from safetensors.torch import load_file
+
+        self.load_trainable(load_file(os.path.join(best_dir, ckpt.BEST_WEIGHTS)))
+        logger.info("using the best weights (step %d, agg_metrics %.4f) for testing and the release", info["global_step"], info["agg_metrics"])
 
     def finish(self) -> None:
         """After the last step: the best weights back in place, the test splits, the release."""
-        best_file = os.path.join(self.output_dir, "best", "model.safetensors")
-        if self.run.valid_splits and os.path.exists(best_file):
-            from safetensors.torch import load_file
-
-            self.load_trainable(load_file(best_file))
-            with open(os.path.join(self.output_dir, "best", "info.json"), encoding="utf-8") as fh:
-                logger.info("using the best weights (step %d, agg_metrics %.4f) for testing and the release", *json.load(fh).values())
+        if self.run.valid_splits:
+            self.load_best()
         if self.run.test_splits:
             results = self.evaluate_splits(list(self.run.test_splits), output_dir=self.output_dir)
             if dist_utils.is_main_process() and results:
@@ -596,15 +648,31 @@ class RunnerBase:
         dist_utils.barrier()
 
     # -- checkpoints -----------------------------------------------------------------
+    # Accumulation windows restart with every epoch here (runner_iter: they run on across passes).
+    windows_restart_each_epoch = True
+
+    def layout(self) -> dict[str, int]:
+        """What a batch position is counted in (``ckpt.LAYOUT_KEYS``)."""
+        return {"world_size": dist_utils.get_world_size(), "batch_size_train": self.run.batch_size_train, "accum_grad_iters": self.run.accum_grad_iters}
+
     def trainer_state(self, next_epoch: int, next_batch: int) -> dict[str, Any]:
-        """Where training stands: the epoch and batch to continue from, the step, the best metric."""
+        """Where training stands: the epoch and batch to continue from, the step, the best metric.
+
+        ``samples`` (of ``next_epoch``, all ranks together) with the world size,
+        batch size and accumulation let a resume with other values find the
+        same sample (``ckpt.resume_batch``).
+        """
+        layout = self.layout()
         return {
             "epoch": next_epoch,
             "batch": next_batch,
+            "samples": next_batch * layout["batch_size_train"] * layout["world_size"],
             "global_step": self.global_step,
             "best_metric": self.best_metric,
             "nonfinite_steps": self.nonfinite_steps,
-            "world_size": dist_utils.get_world_size(),
+            **layout,
+            "batches_per_epoch": self.batches_per_epoch,
+            "train_samples": len(self.train_set),
         }
 
     def save_checkpoint(self, tag: str, next_epoch: int, next_batch: int) -> None:
@@ -645,13 +713,38 @@ class RunnerBase:
         path = os.path.normpath(path)
         load_dir, tag = os.path.split(path)
         ckpt.check_resumable(path)
+        state = ckpt.read_trainer_state(path)
+        # Checked before DeepSpeed loads anything: its own refusal is a bare traceback.
+        now = self.layout()
+        old_world = int(state.get("world_size", now["world_size"]))
+        if old_world != now["world_size"] and self.zero_stage > 0:
+            raise CheckpointError(
+                f"cannot resume {path} with world_size {old_world} -> {now['world_size']}: its ZeRO-{self.zero_stage} optimizer state is "
+                f"partitioned over {old_world} process(es), and DeepSpeed loads it only at that world size; resume with {old_world} process(es)"
+            )
+        if int(state["batch"]) >= int(state.get("batches_per_epoch", 1 << 62)):
+            # A step checkpoint at its epoch's very end: the end of the epoch in any layout.
+            start_batch = self.batches_per_epoch
+        else:
+            start_batch = ckpt.resume_batch(path, state, now, whole_windows=self.windows_restart_each_epoch)
+        if "train_samples" in state and int(state["train_samples"]) != len(self.train_set):
+            logger.warning(
+                "%s was written with %d training samples, this run has %d: the epoch's order changes, so the resumed epoch's samples are not the same",
+                path, int(state["train_samples"]), len(self.train_set),
+            )
         loaded, _ = self.engine.load_checkpoint(load_dir, tag=tag, load_module_strict=False)
         if loaded is None:
             raise MissingFileError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")
-        state = ckpt.read_trainer_state(path)
-        self.start_epoch, self.start_batch = int(state["epoch"]), int(state["batch"])
+        self.start_epoch, self.start_batch = int(state["epoch"]), start_batch
+        if any(int(state.get(k, now[k])) != now[k] for k in ckpt.LAYOUT_KEYS):
+            logger.info(
+                "%s: batch %d of epoch %d in the checkpoint's batches is batch %d of %d x %d process(es) (the same sample)",
+                path, int(state["batch"]), self.start_epoch, start_batch, now["batch_size_train"], now["world_size"],
+            )
         self.global_step = int(state["global_step"])
-        self.best_metric = state.get("best_metric")
+        best = state.get("best_metric")
+        # An older run may have stored a NaN best, which nothing could ever beat.
+        self.best_metric = float(best) if best is not None and math.isfinite(float(best)) else None
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         rng_path = ckpt.rng_file(path, dist_utils.get_rank())
         if os.path.exists(rng_path):

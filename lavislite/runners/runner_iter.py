@@ -40,6 +40,7 @@ class RunnerIter(RunnerBase):
     """Iteration-based training: ``max_iters`` steps in inner epochs of ``iters_per_inner_epoch``."""
 
     Config = RunnerIterConfig
+    windows_restart_each_epoch = False  # an accumulation window may span two passes
 
     def setup_dataloader(self) -> None:
         super().setup_dataloader()
@@ -49,7 +50,14 @@ class RunnerIter(RunnerBase):
         self.steps_per_epoch = self.run.iters_per_inner_epoch
 
     def plan_steps(self) -> int:
+        """``run.max_iters``; ``run.max_steps``, when set, wins here too (as it wins over ``max_epoch``)."""
+        if self.run.max_steps is not None and self.run.max_steps != self.run.max_iters:
+            logger.info("run.max_steps=%d sets the run's length (run.max_iters=%d is not used)", self.run.max_steps, self.run.max_iters)
+            return int(self.run.max_steps)
         return int(self.run.max_iters)
+
+    def plan_epochs(self) -> int:
+        return 0  # steps, not epochs, count (see train)
 
     def train(self) -> dict[str, Any]:
         """Runs every inner epoch; returns a summary (last logged loss, steps, output folder)."""

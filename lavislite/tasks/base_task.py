@@ -9,7 +9,6 @@ turns them into metrics (``compute_metrics``) and writes them to the run folder.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lavislite.common import dist_utils
 from lavislite.common.config import Config
+from lavislite.common.io import atomic_write_json
 from lavislite.common.logger import logger
 from lavislite.common.registry import registry
 from lavislite.models.generation import GenerateConfig
@@ -203,12 +203,8 @@ def _id_order(result: dict[str, Any]) -> tuple[bool, Any]:
 
 
 def write_json(path: str, data: Any) -> None:
-    """Writes JSON through a temporary file, so a reader never sees half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
+    """Writes JSON through a temporary file, so a reader never sees half a file (``common.io``)."""
+    atomic_write_json(path, data)
 
 
 def _progress(total: int, desc: str) -> Any:

@@ -121,3 +121,22 @@ def test_a_parser_that_indexes_a_missing_key_gives_a_one_line_error_naming_the_r
     with pytest.raises(SampleError) as info:
         load_annotations([str(path)], parse_caption)
     assert str(info.value) == f"{path}[1] (id=x7): missing key 'image' (raised by {parse_caption.__qualname__})"
+
+
+def test_token_lengths_are_the_lengths_getitem_makes() -> None:
+    """token_lengths (which grouping and packing plan from) equals each sample's real sequence length and image count."""
+    from conftest import DEMO, SMALL
+    from lavislite.common.config import Config
+    from lavislite.tasks import setup_task
+
+    cfg = Config(DEMO, SMALL)
+    task = setup_task(cfg)
+    datasets = task.build_datasets(cfg)
+    ds = datasets["llava_instruction"]["train"]
+    lengths = ds.token_lengths()
+    assert len(lengths) == len(ds) == 60
+    for i in (0, 7, 31, 59):
+        item = ds[i]
+        assert lengths[i] == (len(item["input_ids"]), 0 if item["image"] is None else len(item["image"]))
+    assert ds.token_lengths() is lengths  # cached
+    assert len({n for n, _ in lengths}) > 1

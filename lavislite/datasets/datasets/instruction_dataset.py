@@ -324,9 +324,26 @@ class InstructionDataset(Dataset):
             except SampleError as exc:
                 raise SampleError(f"{exc} (in {', '.join(ann_paths)})") from exc
         check_images_exist(self.samples, vis_root, ann_paths)
+        self._token_lengths: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def token_lengths(self) -> list[tuple[int, int]]:
+        """``(tokens, images)`` of every sample as ``__getitem__`` makes it (after truncation).
+
+        Tokens include each image's placeholder tokens, so they are the
+        sequence length the LLM sees. Exact (the text processor tokenizes every
+        conversation once, here in the main process) and cached; length
+        grouping and packing plan their batches from it.
+        """
+        if self._token_lengths is None:
+            lengths = []
+            for sample in self.samples:
+                text = self.text_processor(sample.turns, num_images=len(sample.images), sample_id=sample.id)
+                lengths.append((len(text["input_ids"]), int(text["num_images"])))
+            self._token_lengths = lengths
+        return self._token_lengths
 
     def load_image(self, sample: Sample, path: str) -> torch.Tensor:
         return load_image_tensor(self.vis_root, path, self.vis_processor, sample.id)

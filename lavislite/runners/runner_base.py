@@ -33,7 +33,7 @@ from lavislite.common.logger import JsonlWriter, logger
 from lavislite.common.optims import SchedulerArgs
 from lavislite.common.registry import registry
 from lavislite.common.schema import ConfigError
-from lavislite.datasets.datasets.samplers import EpochShardSampler, SeededSamples, worker_init
+from lavislite.datasets.datasets.samplers import EpochShardSampler, LengthGroupedBatchSampler, SeededSamples, worker_init
 from lavislite.runners import checkpoints as ckpt
 from lavislite.runners.deepspeed_config import build_deepspeed_config, fill_deepspeed_config
 
@@ -75,6 +75,11 @@ class RunnerConfig:
     deepspeed_config_path: str | None = None
     # data
     num_workers: int = 2
+    # Batches of similar token counts (image placeholder tokens included), text-only
+    # and image samples in separate batches (LLaVA's group_by_modality_length):
+    # far less padding when lengths vary. Seeded by (seed, epoch), resumable mid-epoch,
+    # but a mid-epoch resume must keep batch_size_train and the world size.
+    group_by_length: bool = False
     train_splits: list[str] = field(default_factory=lambda: ["train"])
     # validation every val_freq epochs (best weights by agg_metrics); test splits at the end, with the best weights
     valid_splits: list[str] = field(default_factory=list)
@@ -205,14 +210,20 @@ class RunnerBase:
         collate = splits[0].collater  # every instruction dataset shares the chat collater
         self.train_set = splits[0] if len(splits) == 1 else ConcatDataset(splits)
         world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
-        self.sampler = EpochShardSampler(len(self.train_set), num_replicas=world, rank=rank, seed=self.run.seed)
+        self.sampler: EpochShardSampler | LengthGroupedBatchSampler
+        batching: dict[str, Any]
+        if self.run.group_by_length:
+            lengths = self.train_token_lengths()
+            self.sampler = LengthGroupedBatchSampler(lengths, self.run.batch_size_train, num_replicas=world, rank=rank, seed=self.run.seed)
+            batching = {"batch_sampler": self.sampler}
+        else:
+            self.sampler = EpochShardSampler(len(self.train_set), num_replicas=world, rank=rank, seed=self.run.seed)
+            batching = {"batch_size": self.run.batch_size_train, "sampler": self.sampler, "drop_last": True}
         self.train_loader = DataLoader(
             SeededSamples(self.train_set),
-            batch_size=self.run.batch_size_train,
-            sampler=self.sampler,
+            **batching,
             num_workers=self.run.num_workers,
             collate_fn=collate,
-            drop_last=True,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.run.num_workers > 0,
             worker_init_fn=worker_init,
@@ -237,6 +248,28 @@ class RunnerBase:
         self.batches_per_epoch = self.steps_per_epoch * accum
         if self.batches_per_epoch < batches:
             logger.info("the last %d batch(es) of each epoch are dropped (a partial accumulation window)", batches - self.batches_per_epoch)
+
+    def train_token_lengths(self) -> list[tuple[int, int]]:
+        """``(tokens, images)`` of every training sample, in the training set's order (``run.group_by_length``).
+
+        Raises:
+            ConfigError: a training dataset cannot say its samples' lengths (no ``token_lengths()``).
+        """
+        lengths: list[tuple[int, int]] = []
+        for name, by_split in self.datasets.items():
+            for split in self.run.train_splits:
+                if split not in by_split:
+                    continue
+                dataset = by_split[split]
+                if not callable(getattr(dataset, "token_lengths", None)):
+                    raise ConfigError(
+                        [
+                            f"run.group_by_length: datasets.{name} (split {split}, {type(dataset).__name__}) has no token_lengths(), "
+                            "so its batches cannot be grouped by length; set run.group_by_length=false or give the dataset a token_lengths()"
+                        ]
+                    )
+                lengths.extend(dataset.token_lengths())
+        return lengths
 
     def plan_steps(self) -> int:
         """How many optimizer steps the run takes (the lr schedule's length).
@@ -673,6 +706,7 @@ class RunnerBase:
             **layout,
             "batches_per_epoch": self.batches_per_epoch,
             "train_samples": len(self.train_set),
+            "group_by_length": bool(self.run.group_by_length),  # grouped positions convert only within one layout
         }
 
     def save_checkpoint(self, tag: str, next_epoch: int, next_batch: int) -> None:
@@ -725,6 +759,8 @@ class RunnerBase:
         if int(state["batch"]) >= int(state.get("batches_per_epoch", 1 << 62)):
             # A step checkpoint at its epoch's very end: the end of the epoch in any layout.
             start_batch = self.batches_per_epoch
+        elif int(state["batch"]) > 0 and (self.run.group_by_length or state.get("group_by_length", False)):
+            start_batch = self.grouped_resume_batch(path, state, now)
         else:
             start_batch = ckpt.resume_batch(path, state, now, whole_windows=self.windows_restart_each_epoch)
         if "train_samples" in state and int(state["train_samples"]) != len(self.train_set):
@@ -752,6 +788,34 @@ class RunnerBase:
         else:
             logger.warning("%s has no random state for rank %d (another world size?): random streams restart from the seed", path, dist_utils.get_rank())
         logger.info("resumed from %s at epoch %d, batch %d, step %d", path, self.start_epoch, self.start_batch, self.global_step)
+
+    def grouped_resume_batch(self, path: str, state: dict[str, Any], now: dict[str, int]) -> int:
+        """The batch a mid-epoch checkpoint continues at when its batches were (or are now) grouped by length.
+
+        Grouped batches are not the permutation's consecutive samples: which
+        samples the first ``b`` batches held depends on the batch size and the
+        world size, so a position converts only when both are unchanged (and
+        grouping is on in both runs). The accumulation may change: the batches
+        stay the same.
+
+        Raises:
+            CheckpointError: names what changed (old -> new).
+        """
+        changed = [
+            f"{'' if k == 'world_size' else 'run.'}{k} {int(state.get(k, now[k]))} -> {now[k]}"
+            for k in ("world_size", "batch_size_train")
+            if int(state.get(k, now[k])) != now[k]
+        ]
+        was, grouped = bool(state.get("group_by_length", False)), bool(self.run.group_by_length)
+        if was != grouped:
+            changed.append(f"run.group_by_length {str(was).lower()} -> {str(grouped).lower()}")
+        if changed:
+            raise CheckpointError(
+                f"cannot resume {path} mid-epoch with {', '.join(changed)}: it stopped after batch {state['batch']} of epoch {state['epoch']}, "
+                "and which samples an epoch's first batches held depends on run.group_by_length and, when grouped, on the batch size and the world size. "
+                "Resume with the old values, or from a checkpoint at an epoch's end (batch 0), where any change continues exactly"
+            )
+        return ckpt.resume_batch(path, state, now, whole_windows=self.windows_restart_each_epoch)
 
     def close(self) -> None:
         if self.metrics is not None:

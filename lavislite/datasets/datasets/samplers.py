@@ -101,6 +101,114 @@ class EpochShardSampler(Sampler[tuple[int, int]]):
             yield index, sample_seed(self.seed, self.epoch, index)
 
 
+class LengthGroupedBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of similar length, text-only and image samples apart; yields this rank's batches of ``(index, seed)``.
+
+    Padding each batch to its longest sample wastes the compute of every pad
+    token; batches of similar length waste little. Per epoch (LLaVA's
+    ``group_by_modality_length``, made exactly resumable):
+
+    1. a permutation of the dataset from ``(seed, epoch)``, split by modality
+       (a sample with images or without), each part keeping that order;
+    2. each part cut into megabatches of ``num_replicas x batch_size x
+       megabatch_mult`` samples, each megabatch sorted by length (longest
+       first; ties keep the permutation's order) and cut into batches;
+    3. consecutive batches grouped into steps of ``num_replicas`` (the ranks
+       of one step get batches of the same megabatch, so of similar length,
+       and none waits long for another); a part's last incomplete step is
+       dropped (fewer than ``num_replicas x batch_size`` samples, different
+       ones each epoch);
+    4. the steps of both parts shuffled together (seeded); rank ``r`` takes
+       the ``r``-th batch of every step.
+
+    So every batch is all-text or all-image, every rank gets the same number
+    of batches (``batches_per_rank()``, the same in every epoch), no sample
+    comes twice in an epoch on any rank, and the order depends only on the
+    lengths, ``seed`` and ``epoch``: ``set_epoch(epoch, start)`` skips the
+    first batches of an epoch (a mid-epoch resume) and yields exactly the rest
+    of the uninterrupted order.
+
+    Args:
+        lengths: ``(tokens, images)`` of every sample (``InstructionDataset.token_lengths()``);
+            tokens include the image placeholder tokens.
+        batch_size: samples per batch (per rank).
+        num_replicas: the world size.
+        rank: this process's rank.
+        seed: the run seed.
+        megabatch_mult: megabatches hold this many steps: larger groups
+            lengths more tightly, smaller keeps batches more random.
+    """
+
+    def __init__(
+        self,
+        lengths: list[tuple[int, int]],
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        megabatch_mult: int = 8,
+    ) -> None:
+        if batch_size < 1 or num_replicas < 1 or megabatch_mult < 1:
+            raise ValueError(f"batch_size, num_replicas and megabatch_mult must be positive, got {batch_size}, {num_replicas}, {megabatch_mult}")
+        self.tokens = [int(t) for t, _ in lengths]
+        self.has_images = [int(n) > 0 for _, n in lengths]
+        self.batch_size = batch_size
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.megabatch_mult = megabatch_mult
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Selects the epoch, and how many of this rank's samples of it to skip (mid-epoch resume).
+
+        ``start`` counts samples, as ``EpochShardSampler.set_epoch`` does, so
+        the runner drives both alike; it must be a whole number of batches.
+        """
+        if start % self.batch_size:
+            raise ValueError(f"start {start} is not a whole number of batches of {self.batch_size}")
+        self.epoch = epoch
+        self.start_batch = start // self.batch_size
+
+    def batches_per_rank(self) -> int:
+        """Batches each rank gets in a whole epoch (the same in every epoch)."""
+        step = self.num_replicas * self.batch_size
+        images = sum(self.has_images)
+        return images // step + (len(self.tokens) - images) // step
+
+    def per_rank(self) -> int:
+        """Samples each rank gets in a whole epoch (``EpochShardSampler``'s interface)."""
+        return self.batches_per_rank() * self.batch_size
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_rank() - self.start_batch)
+
+    def steps(self) -> list[list[list[int]]]:
+        """The epoch's steps in order, each ``num_replicas`` batches of dataset indices (rank ``r``'s is the ``r``-th)."""
+        g = torch.Generator()
+        # Its own stream, not EpochShardSampler's (seed + epoch): the two orders are unrelated.
+        g.manual_seed(sample_seed(self.seed, self.epoch, -1))
+        order = torch.randperm(len(self.tokens), generator=g).tolist()
+        per_step = self.num_replicas * self.batch_size
+        mega = per_step * self.megabatch_mult
+        steps: list[list[list[int]]] = []
+        for images in (False, True):
+            part = [i for i in order if self.has_images[i] == images]
+            part = part[: len(part) - len(part) % per_step]  # whole steps only
+            for m in range(0, len(part), mega):
+                # sorted() is stable: equal lengths keep the permutation's order.
+                group = sorted(part[m : m + mega], key=lambda i: -self.tokens[i])
+                batches = [group[b : b + self.batch_size] for b in range(0, len(group), self.batch_size)]
+                steps.extend(batches[s : s + self.num_replicas] for s in range(0, len(batches), self.num_replicas))
+        shuffle = torch.randperm(len(steps), generator=g).tolist()
+        return [steps[i] for i in shuffle]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in self.steps()[self.start_batch :]:
+            yield [(index, sample_seed(self.seed, self.epoch, index)) for index in step[self.rank]]
+
+
 class SeededSamples(Dataset):
     """Wraps a dataset so that ``wrapped[(index, seed)]`` is ``dataset[index]`` processed under ``seed``.
 

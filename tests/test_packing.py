@@ -251,24 +251,36 @@ def test_packing_fills_the_demo_rows() -> None:
     assert fraction >= 0.95
 
 
-def test_packed_demo_trains_with_finite_losses_and_fuller_batches(tmp_path: Path) -> None:
-    common = [*SMALL, "run.max_steps=3", "run.log_freq=1", "run.num_workers=0", "run.tensorboard=false", f"run.output_dir={tmp_path}"]
-    packed = launch("train.py", ["--cfg-path", DEMO, "--options", *common, "run.job_id=packed", "run.packing=true", "run.batch_size_train=2"])
+def test_packed_demo_trains_resumes_exactly_and_fills_its_batches(tmp_path: Path) -> None:
+    """The demo (SMALL) packed on one process: finite losses, fuller batches than pad-to-longest, an exact mid-epoch resume."""
+    common = [*SMALL, "run.log_freq=1", "run.tensorboard=false", f"run.output_dir={tmp_path}"]
+    packing = ["run.packing=true", "run.batch_size_train=2", "run.num_workers=1", "run.max_steps=5", "run.save_freq_steps=3"]
+    packed = launch("train.py", ["--cfg-path", DEMO, "--options", *common, *packing, "run.job_id=packed"])
     assert packed.returncode == 0, packed.stderr[-3000:]
-    plain = launch("train.py", ["--cfg-path", DEMO, "--options", *common, "run.job_id=plain"])
+    plain = launch("train.py", ["--cfg-path", DEMO, "--options", *common, "run.max_steps=3", "run.num_workers=0", "run.job_id=plain"])
     assert plain.returncode == 0, plain.stderr[-3000:]
     packed_records, plain_records = metrics(tmp_path / "packed"), metrics(tmp_path / "plain")
-    assert len(packed_records) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in packed_records)
+    assert [r["step"] for r in packed_records] == [1, 2, 3, 4, 5]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in packed_records)
     fraction = lambda records: sum(r["real_token_fraction"] for r in records) / len(records)  # noqa: E731
     print(f"real_token_fraction packed {fraction(packed_records):.3f}, pad-to-longest {fraction(plain_records):.3f}")
     assert fraction(packed_records) > fraction(plain_records)
-    assert fraction(packed_records) >= 0.9
+    assert fraction(packed_records) >= 0.95
     assert all(r["samples"] > 2 for r in packed_records)  # samples, not rows: each row holds several
-    # Stopped by max_steps mid-epoch: a resume with another batch size cannot find its packed position.
+
+    # Resumed mid-epoch from step 3: steps 4 and 5 repeat the uninterrupted run's.
     step = tmp_path / "packed" / "checkpoints" / "step_3"
-    resumed = launch(
+    resumed = launch("train.py", ["--cfg-path", DEMO, "--options", *common, *packing, "run.job_id=resumed", f"run.resume_ckpt_path={step}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = metrics(tmp_path / "resumed")
+    assert [r["step"] for r in again] == [4, 5]
+    for a, b in zip(again, packed_records[3:]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6) and a["samples"] == b["samples"]
+
+    # Another batch size cannot find the packed position: refused, naming the key.
+    refused = launch(
         "train.py",
-        ["--cfg-path", DEMO, "--options", *common, "run.job_id=resumed", "run.packing=true", "run.batch_size_train=3", "run.max_steps=5", f"run.resume_ckpt_path={step}"],
+        ["--cfg-path", DEMO, "--options", *common, *packing, "run.job_id=refused", "run.batch_size_train=3", f"run.resume_ckpt_path={step}"],
     )
-    assert resumed.returncode != 0
-    assert f"cannot resume {step} mid-epoch (batch 3 of epoch 0) with run.batch_size_train 2 -> 3" in resumed.stderr, resumed.stderr[-3000:]
+    assert refused.returncode != 0
+    assert f"cannot resume {step} mid-epoch (batch 3 of epoch 0) with run.batch_size_train 2 -> 3" in refused.stderr, refused.stderr[-3000:]

@@ -160,8 +160,8 @@ class PackingBatchSampler(Sampler[list[tuple[int, int, int]]]):
     are shuffled. Every rank gets the same number of micro-batches in every
     epoch: that number is fixed by epoch 0's plan; an epoch with fewer bins
     splits its fullest bins (by sample count) until it has enough, one with
-    more leaves its last bins out (at most one global batch's worth, as
-    ``drop_last``). So each sample is seen at most once per epoch, and all but
+    more leaves its shortest bins out (about one global batch's worth, as
+    ``drop_last``; which samples those are changes with the epoch's order). So each sample is seen at most once per epoch, and all but
     those left-out bins' samples exactly once. Everything depends only on
     (seed, epoch), so a resumed rank rebuilds the same plan.
 

@@ -24,7 +24,12 @@ from lavislite.common.registry import registry
 from lavislite.models.base_model import BaseModel
 from lavislite.models.checkpoint import LoadReport, check_finetuned, load_checkpoint, resolve_weights_path
 from lavislite.models.losses import check_labels, supervised_cross_entropy
+from lavislite.processors.collate import block_causal_mask
 from lavislite.processors.tokenizers import load_tokenizer
+
+# Attention implementations for which transformers builds the packed (block-diagonal)
+# mask itself from reset position ids when attention_mask is None and no cache is passed.
+PACKED_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 
 
 @dataclass
@@ -382,12 +387,28 @@ class Blip2Qwen(BaseModel):
         return self.query_tokens.requires_grad or any(p.requires_grad for m in modules for p in m.parameters())
 
     def forward(self, samples: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The supervised-token loss of a batch: padded rows (``attention_mask``) or packed rows.
+
+        A packed batch (``collate_packed``) has ``position_ids`` restarting at
+        each sample and ``attention_mask`` None: with no cache, transformers
+        then builds the block-diagonal causal mask from the position ids (sdpa,
+        eager, flex) or takes the varlen path (flash-attention); any other
+        attention gets an explicit 4-D block-diagonal mask.
+        """
         device = self.query_tokens.device
         labels = samples["labels"].to(device)
-        attention_mask = samples["attention_mask"].to(device)
+        attention_mask = samples.get("attention_mask")
+        attention_mask = None if attention_mask is None else attention_mask.to(device)
+        position_ids = samples.get("position_ids")
+        position_ids = None if position_ids is None else position_ids.to(device)
         check_labels(samples["input_ids"].to(device), labels, samples.get("ids"))
         inputs_embeds = self.embed(samples)
-        hidden = self.llm.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        if position_ids is not None and attention_mask is None and self.llm.config._attn_implementation not in PACKED_ATTENTION:
+            attention_mask = block_causal_mask(position_ids, inputs_embeds.dtype)
+        # No cache: a cache (even an empty one) turns transformers' packed-sequence mask off.
+        hidden = self.llm.get_decoder()(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         loss, n_tokens = supervised_cross_entropy(hidden, labels, self.llm.get_output_embeddings(), samples.get("ids"), impl=self.cfg.loss_impl, chunk_bytes=self.cfg.loss_chunk_bytes)
         return {"loss": loss, "n_tokens": n_tokens}
 

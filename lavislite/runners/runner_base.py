@@ -33,7 +33,7 @@ from lavislite.common.logger import JsonlWriter, logger
 from lavislite.common.optims import SchedulerArgs
 from lavislite.common.registry import registry
 from lavislite.common.schema import ConfigError
-from lavislite.datasets.datasets.samplers import EpochShardSampler, LengthGroupedBatchSampler, SeededSamples, worker_init
+from lavislite.datasets.datasets.samplers import EpochShardSampler, LengthGroupedBatchSampler, PackingBatchSampler, SeededSamples, worker_init
 from lavislite.runners import checkpoints as ckpt
 from lavislite.runners.deepspeed_config import build_deepspeed_config, fill_deepspeed_config
 
@@ -80,6 +80,13 @@ class RunnerConfig:
     # far less padding when lengths vary. Seeded by (seed, epoch), resumable mid-epoch,
     # but a mid-epoch resume must keep batch_size_train and the world size.
     group_by_length: bool = False
+    # Packing: several samples per row (first-fit-decreasing over a look-ahead window
+    # of packing_window samples), each with its own position ids and attention;
+    # batch_size_train then counts rows. packing_max_len: a row's tokens (default:
+    # the text processor's max_len).
+    packing: bool = False
+    packing_max_len: int | None = None
+    packing_window: int = 1000
     train_splits: list[str] = field(default_factory=lambda: ["train"])
     # validation every val_freq epochs (best weights by agg_metrics); test splits at the end, with the best weights
     valid_splits: list[str] = field(default_factory=list)
@@ -107,6 +114,10 @@ class RunnerConfig:
         for key in ("accum_grad_iters", "log_freq", "val_freq", "save_freq_epochs", "batch_size_train", "batch_size_eval"):
             if data[key] < 1:
                 problems.append(f"{key}: must be at least 1, got {data[key]}")
+        if data["packing_max_len"] is not None and data["packing_max_len"] < 1:
+            problems.append(f"packing_max_len: must be at least 1, got {data['packing_max_len']}")
+        if data["packing_window"] < 1:
+            problems.append(f"packing_window: must be at least 1, got {data['packing_window']}")
         if problems:
             return problems
         if data["resume"] and data["resume_ckpt_path"]:
@@ -210,9 +221,16 @@ class RunnerBase:
         collate = splits[0].collater  # every instruction dataset shares the chat collater
         self.train_set = splits[0] if len(splits) == 1 else ConcatDataset(splits)
         world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
-        self.sampler: EpochShardSampler | LengthGroupedBatchSampler
+        self.sampler: EpochShardSampler | LengthGroupedBatchSampler | PackingBatchSampler
         batching: dict[str, Any]
-        if self.run.group_by_length:
+        if self.run.packing and self.run.group_by_length:
+            raise ConfigError(
+                ["run.packing and run.group_by_length are both true: packing already puts rows of similar length together; choose one"]
+            )
+        if self.run.packing:
+            self.sampler, collate = self.packing_sampler(splits, world, rank)
+            batching = {"batch_sampler": self.sampler}
+        elif self.run.group_by_length:
             lengths = self.train_token_lengths()
             self.sampler = LengthGroupedBatchSampler(lengths, self.run.batch_size_train, num_replicas=world, rank=rank, seed=self.run.seed)
             batching = {"batch_sampler": self.sampler}
@@ -270,6 +288,31 @@ class RunnerBase:
                     )
                 lengths.extend(dataset.token_lengths())
         return lengths
+
+    def packing_sampler(self, splits: list[Dataset], world: int, rank: int) -> tuple[PackingBatchSampler, Any]:
+        """``run.packing``: the packed-row batch sampler over every split's token lengths, and its collater."""
+        from functools import partial
+
+        from lavislite.processors.collate import collate_packed
+
+        lacking = [type(ds).__name__ for ds in splits if not hasattr(ds, "token_lengths")]
+        if lacking:
+            raise ConfigError([f"run.packing: the training set(s) {', '.join(lacking)} have no token_lengths() to pack by"])
+        text_processor = splits[0].text_processor  # type: ignore[attr-defined]
+        max_len = self.run.packing_max_len or int(text_processor.cfg.max_len)
+        lengths = [n for ds in splits for n, _ in ds.token_lengths()]  # type: ignore[attr-defined]
+        try:
+            sampler = PackingBatchSampler(
+                lengths, max_len, self.run.batch_size_train, num_replicas=world, rank=rank, seed=self.run.seed, window=self.run.packing_window
+            )
+        except ValueError as exc:
+            raise ConfigError([f"run.packing_max_len: {exc}"]) from exc
+        if sampler.batches_per_rank == 0:
+            raise ConfigError(
+                [f"run.packing: {len(lengths)} samples pack into fewer rows than one batch of {self.run.batch_size_train} row(s) x {world} process(es)"]
+            )
+        logger.info("packing %d samples into %d rows of <= %d tokens per process and epoch", len(lengths), sampler.per_rank(), max_len)
+        return sampler, partial(collate_packed, pad_token_id=int(text_processor.tokenizer.pad_token_id))
 
     def plan_steps(self) -> int:
         """How many optimizer steps the run takes (the lr schedule's length).
@@ -432,14 +475,15 @@ class RunnerBase:
             if boundary != self.engine.is_gradient_accumulation_boundary():
                 raise RuntimeError(f"accumulation out of step with DeepSpeed at epoch {epoch}, batch {index}")
             loss = self.forward_backward(samples)
-            step_info["samples"] += len(samples["input_ids"])
+            step_info["samples"] += len(samples["ids"]) if "ids" in samples else len(samples["input_ids"])
             step_info["losses"].append(loss)
             if loss is not None:
                 window["loss"] += loss
                 window["batches"] += 1
-            window["samples"] += len(samples["input_ids"])
-            window["real"] += int(samples["attention_mask"].sum())
-            window["padded"] += int(samples["attention_mask"].numel())
+            window["samples"] += len(samples["ids"]) if "ids" in samples else len(samples["input_ids"])  # samples, not rows (packed rows hold several)
+            real = samples["attention_mask"] if samples.get("attention_mask") is not None else samples["token_mask"]
+            window["real"] += int(real.sum())
+            window["padded"] += int(real.numel())
             if bar is not None:
                 bar.update(1)
             if not boundary:
@@ -707,7 +751,15 @@ class RunnerBase:
             "batches_per_epoch": self.batches_per_epoch,
             "train_samples": len(self.train_set),
             "group_by_length": bool(self.run.group_by_length),  # grouped positions convert only within one layout
+            # What the packed plan depends on besides the layout (None: not packed).
+            "packing": self.packing_key(),
         }
+
+    def packing_key(self) -> dict[str, int] | None:
+        """The packed plan's settings beside the layout (``run.packing``), or None."""
+        if not self.run.packing:
+            return None
+        return {"packing_max_len": self.sampler.max_len, "packing_window": self.sampler.window}
 
     def save_checkpoint(self, tag: str, next_epoch: int, next_batch: int) -> None:
         """An atomic checkpoint (every rank writes; rank 0 marks it complete last).
@@ -762,6 +814,7 @@ class RunnerBase:
         elif int(state["batch"]) > 0 and (self.run.group_by_length or state.get("group_by_length", False)):
             start_batch = self.grouped_resume_batch(path, state, now)
         else:
+            self.check_packed_resume(path, state, now)
             start_batch = ckpt.resume_batch(path, state, now, whole_windows=self.windows_restart_each_epoch)
         if "train_samples" in state and int(state["train_samples"]) != len(self.train_set):
             logger.warning(
@@ -816,6 +869,30 @@ class RunnerBase:
                 "Resume with the old values, or from a checkpoint at an epoch's end (batch 0), where any change continues exactly"
             )
         return ckpt.resume_batch(path, state, now, whole_windows=self.windows_restart_each_epoch)
+
+    def check_packed_resume(self, path: str, state: dict[str, Any], now: dict[str, int]) -> None:
+        """Refuses a mid-epoch resume whose packed plan would differ (``run.packing`` now or then).
+
+        Raises:
+            CheckpointError: naming each changed key (old -> new): the layout
+                (world size, batch size, accumulation), the packing settings, or
+                packing itself switched on or off.
+        """
+        changed = {k: (state.get(k, now[k]), now[k]) for k in ckpt.LAYOUT_KEYS if int(state.get(k, now[k])) != now[k]}
+        old_packing, new_packing = state.get("packing") or {}, self.packing_key() or {}
+        changed.update({k: (old_packing.get(k), v) for k, v in new_packing.items() if old_packing and old_packing.get(k) != v})
+        if old_packing and not new_packing:
+            changed["packing"] = (True, False)
+        elif new_packing and "packing" in state and not old_packing:
+            changed["packing"] = (False, True)
+        if (self.run.packing or old_packing) and changed and int(state["batch"]) > 0:
+            # The packed plan's rows depend on these: no sample position converts.
+            names = ", ".join(f"{'' if k == 'world_size' else 'run.'}{k} {a} -> {b}" for k, (a, b) in changed.items())
+            raise CheckpointError(
+                f"cannot resume {path} mid-epoch (batch {state['batch']} of epoch {state['epoch']}) with {names}: "
+                "its packed micro-batches were planned for the old values, so no sample position converts. "
+                "Resume with the old values, or from a checkpoint at an epoch's end (batch 0)"
+            )
 
     def close(self) -> None:
         if self.metrics is not None:

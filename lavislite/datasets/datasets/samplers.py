@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -223,10 +223,150 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
+    def __getitem__(self, key: tuple[int, int] | tuple[int, int, int]) -> Any:
+        # A packing sampler's key also names the sample's row in its micro-batch,
+        # which the packed collater needs; it travels in the item.
+        index, seed = key[0], key[1]
         with seeded(seed):
-            return self.dataset[index]
+            item = self.dataset[index]
+        if len(key) == 3:
+            item = {**item, "row": key[2]}
+        return item
+
+
+def first_fit_decreasing(lengths: Sequence[int], indices: Sequence[int], max_len: int) -> list[list[int]]:
+    """Packs ``indices`` (with ``lengths[i]`` tokens each) into bins of at most ``max_len`` tokens.
+
+    Longest first (ties in the given order), each into the first bin with room,
+    else a new bin; bins come back in the order they were opened.
+    """
+    order = sorted(indices, key=lambda i: -lengths[i])  # stable: ties keep the permutation's order
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in order:
+        n = lengths[i]
+        for b, free in enumerate(room):
+            if n <= free:
+                bins[b].append(i)
+                room[b] -= n
+                break
+        else:
+            bins.append([i])
+            room.append(max_len - n)
+    return bins
+
+
+class PackingBatchSampler(Sampler[list[tuple[int, int, int]]]):
+    """Micro-batches of packed rows: yields ``[(index, seed, row), ...]`` per micro-batch.
+
+    Per epoch: a permutation from ``seed + epoch`` (as ``EpochShardSampler``),
+    cut into look-ahead windows of ``window`` samples, each packed by
+    first-fit-decreasing into bins (rows) of at most ``max_len`` tokens. Bins
+    of similar length form the micro-batches (``rows_per_batch`` rows each, so
+    little of a row is padding to the batch's longest row), ``num_replicas``
+    consecutive micro-batches form one global batch, and the global batches
+    are shuffled. Every rank gets the same number of micro-batches in every
+    epoch: that number is fixed by epoch 0's plan; an epoch with fewer bins
+    splits its fullest bins (by sample count) until it has enough, one with
+    more leaves its shortest bins out (about one global batch's worth, as
+    ``drop_last``; which samples those are changes with the epoch's order). So each sample is seen at most once per epoch, and all but
+    those left-out bins' samples exactly once. Everything depends only on
+    (seed, epoch), so a resumed rank rebuilds the same plan.
+
+    The position unit is the row (as ``EpochShardSampler`` counts items):
+    ``per_rank()`` rows per rank per epoch and ``set_epoch(epoch, start)``
+    with ``start`` rows (a whole number of micro-batches) to skip.
+
+    Args:
+        lengths: each sample's token count (image tokens included).
+        max_len: a row's largest token count.
+        rows_per_batch: rows in one micro-batch (``run.batch_size_train``).
+        num_replicas: the world size.
+        rank: this process's rank.
+        seed: the run seed.
+        window: samples per first-fit-decreasing look-ahead window.
+
+    Raises:
+        ValueError: a sample longer than ``max_len`` (named by index), or a
+            non-positive ``max_len`` / ``rows_per_batch`` / ``window``.
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], max_len: int, rows_per_batch: int, num_replicas: int = 1, rank: int = 0, seed: int = 0, window: int = 1000
+    ) -> None:
+        for name, value in (("max_len", max_len), ("rows_per_batch", rows_per_batch), ("window", window)):
+            if value < 1:
+                raise ValueError(f"PackingBatchSampler: {name} must be at least 1, got {value}")
+        too_long = [(i, n) for i, n in enumerate(lengths) if n > max_len]
+        if too_long:
+            shown = ", ".join(f"sample {i} ({n} tokens)" for i, n in too_long[:5])
+            raise ValueError(f"{len(too_long)} sample(s) longer than the packing length {max_len}: {shown}; raise run.packing_max_len")
+        self.lengths = [int(n) for n in lengths]
+        self.max_len = max_len
+        self.rows_per_batch = rows_per_batch
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.window = window
+        self.epoch = 0
+        self.start = 0
+        self._plans: dict[int, list[list[list[int]]]] = {}
+        self.batches_per_rank = len(self.bins(0)) // (rows_per_batch * num_replicas)
+
+    def bins(self, epoch: int) -> list[list[int]]:
+        """The epoch's first-fit-decreasing bins (sample indices), window by window."""
+        g = torch.Generator()
+        g.manual_seed(self.seed + epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        bins: list[list[int]] = []
+        for w in range(0, len(order), self.window):
+            bins.extend(first_fit_decreasing(self.lengths, order[w : w + self.window], self.max_len))
+        return bins
+
+    def plan(self, epoch: int) -> list[list[list[int]]]:
+        """Every rank's micro-batches of the epoch: ``plan[rank][batch][row]`` is a list of sample indices."""
+        if epoch in self._plans:
+            return self._plans[epoch]
+        bins = self.bins(epoch)
+        per_global = self.rows_per_batch * self.num_replicas
+        target = self.batches_per_rank * per_global
+        while len(bins) < target:
+            # Split the bin with the most samples (the first such): both halves still fit.
+            b = max(range(len(bins)), key=lambda k: (len(bins[k]), -k))
+            if len(bins[b]) < 2:  # cannot happen: target <= epoch 0's bin count <= the sample count
+                raise RuntimeError(f"epoch {epoch}: {len(bins)} single-sample bins cannot make {target} rows")
+            bins[b : b + 1] = [bins[b][0::2], bins[b][1::2]]
+        # Similar-length rows share a micro-batch (padding to the longest row is small);
+        # the global batches are then shuffled so the epoch does not run longest-first.
+        bins = sorted(bins, key=lambda rows: -sum(self.lengths[i] for i in rows))[:target]
+        g = torch.Generator()
+        g.manual_seed(self.seed + epoch + (1 << 31))
+        global_order = torch.randperm(self.batches_per_rank, generator=g).tolist()
+        plan: list[list[list[int]]] = [[] for _ in range(self.num_replicas)]
+        for gb in global_order:
+            chunk = bins[gb * per_global : (gb + 1) * per_global]
+            for r in range(self.num_replicas):
+                plan[r].append(chunk[r * self.rows_per_batch : (r + 1) * self.rows_per_batch])
+        self._plans = {epoch: plan}  # one epoch at a time: the set-up's epoch 0 plan is not kept forever
+        return plan
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Selects the epoch, and how many of this rank's rows of it to skip (a whole number of micro-batches)."""
+        if start % self.rows_per_batch:
+            raise ValueError(f"PackingBatchSampler: start {start} is not a whole number of micro-batches of {self.rows_per_batch} rows")
+        self.epoch = epoch
+        self.start = start
+
+    def per_rank(self) -> int:
+        """Rows each rank gets in a whole epoch."""
+        return self.batches_per_rank * self.rows_per_batch
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_rank - self.start // self.rows_per_batch)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for batch in self.plan(self.epoch)[self.rank][self.start // self.rows_per_batch :]:
+            yield [(i, sample_seed(self.seed, self.epoch, i), row) for row, samples in enumerate(batch) for i in samples]
 
 
 def worker_init(worker_id: int) -> None:

@@ -183,29 +183,48 @@ def kind_accuracy(demo_run: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "issue 15 not reached yet: with the balanced data and the shipped recipe (about 4.5 min here) the demo names the colour "
-        "in every kind (25/25), the shape in 9-22/25, the size in none (13/25, one constant answer), and the two-image "
-        "kinds answer yes / no at chance (12/24); see the README's per-kind table"
-    ),
-)
-def test_every_kind_of_training_question_is_answered_right_on_held_out_images(kind_accuracy: dict[str, dict[str, Any]]) -> None:
-    """Issue 15: each single-image kind (every turn) names the right colour / shape / size in >= 0.8 of the
-    held-out test images (captions: all three); each two-image kind says yes / no right in >= 0.7 of the pairs.
+def below_the_bar(kind_accuracy: dict[str, dict[str, Any]], keys: list[str]) -> dict[str, Any]:
+    """The turns of ``keys`` right less often than issue 15's bar (0.8 per single-image turn, 0.7 per two-image one)."""
+    return {
+        key: (f"{kind_accuracy[key]['right']}/{kind_accuracy[key]['of']}", kind_accuracy[key]["wrong"][:4])
+        for key in keys
+        if kind_accuracy[key]["right"] < (TWO_IMAGE_MIN if kind_accuracy[key]["two_images"] else SINGLE_IMAGE_MIN) * kind_accuracy[key]["of"]
+    }
 
-    On the old data only the two evaluation questions were right; captions got
-    1/25 and 0/25, "Is it small or large?" was always "It is small.", the
-    MiniGPT4Qwen two-image question 0/25.
+
+def turn_abouts() -> dict[str, tuple[str, ...]]:
+    """``{"<kind> turn <t>": attributes its answer must name}`` for every turn of every kind in the data."""
+    gen = load_generator()
+    return {f"{k.name} turn {t + 1}": (("yes_no",) if k.pair_attribute else tuple(turn.about)) for k in gen.KINDS for t, turn in enumerate(k.turns)}
+
+
+def test_every_colour_and_shape_question_is_answered_right_on_held_out_images(kind_accuracy: dict[str, dict[str, Any]]) -> None:
+    """Issue 15: every single-image turn that asks for the colour and/or the shape (every kind, both formats,
+    follow-up turns asked with the model's own replies) is right in >= 0.8 of the held-out test images.
+
+    On the old data only the two evaluation questions were right; the other
+    shape questions got 9/25 and the README's example said "circle" for a
+    yellow triangle.
     """
     gen = load_generator()
     assert {key.split(" turn ")[0] for key in kind_accuracy} == {k.name for k in gen.KINDS}
-    low = {
-        key: (f"{v['right']}/{v['of']}", v["wrong"][:4])
-        for key, v in kind_accuracy.items()
-        if v["right"] < (TWO_IMAGE_MIN if v["two_images"] else SINGLE_IMAGE_MIN) * v["of"]
-    }
-    summary = {key: f"{v['right']}/{v['of']}" for key, v in kind_accuracy.items()}
-    assert not low, f"below the bar: {low}; all: {summary}"
-    assert all(v["of"] >= 24 for v in kind_accuracy.values()), summary
+    assert all(v["of"] >= 24 for v in kind_accuracy.values())
+    abouts = turn_abouts()
+    keys = [key for key, about in abouts.items() if set(about) <= {"colour", "shape"}]
+    assert len(keys) >= 10  # the colour/shape kinds of both formats, and their follow-up turns
+    assert not below_the_bar(kind_accuracy, keys), {key: f"{v['right']}/{v['of']}" for key, v in kind_accuracy.items()}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "issue 15 not reached yet: the shipped recipe does not learn size (one constant answer, 12-13/25) nor the "
+        "two-image comparisons (12/24, chance), though the projected queries encode size linearly (held-out probe 1.00); "
+        "strict: this fails loudly once they are learnt, so the bar can move here"
+    ),
+)
+def test_every_size_and_two_image_question_is_answered_right_on_held_out_images(kind_accuracy: dict[str, dict[str, Any]]) -> None:
+    """Issue 15: every turn whose answer names the size (captions too), and every two-image yes/no, meets the bar."""
+    keys = [key for key, about in turn_abouts().items() if not set(about) <= {"colour", "shape"}]
+    assert keys
+    assert not below_the_bar(kind_accuracy, keys)

@@ -61,13 +61,6 @@ def test_readme_python_and_terminal_chat_give_the_same_replies(demo_run: Path) -
     assert proc.stdout.splitlines() == [f"assistant: {reply}" for reply in python_replies]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "issue 15 not reached yet: on the shipped recipe the example gets every colour right but the follow-up shape "
-        "only for 1 of 4 images (shape_288, a red circle: 'triangle'; shape_289 and shape_290: the colour again)"
-    ),
-)
 def test_readme_chat_example_names_the_colour_and_shape(demo_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 15: the "Ask the model" example gives the right colour, then the right shape, for the image it names
     and for one held-out test image of each shape (it answered "circle" for a yellow triangle)."""

@@ -29,9 +29,14 @@ the held-out test images, the last ``NUM_VAL`` the held-out validation images
 
 The two short-answer questions that the evaluation asks, "What colour is the
 shape?" and "What shape is in the image?", are taught with one-word answers
-("red", "circle") for every training image, in both annotation formats; the
-rest of the data (other phrasings, captions, multi-turn and two-image samples)
-keeps the demo representative of real instruction data.
+("red", "circle") for every training image, in both annotation formats. The
+other kinds of sample (captions, other phrasings, multi-turn and two-image
+samples; ``KINDS`` lists them all, with the attributes each answer names) keep
+the demo representative of real instruction data, and each of them cycles
+through every (shape, colour, size) equally often (two-image kinds: as many
+"yes" as "no"), so that every kind is learnt for every image and not for one
+pair. ``tests/test_demo_sees.py`` asks every kind in ``KINDS`` about the
+held-out images.
 
 Everything is derived from fixed seeds and the image metadata, so running the
 script again rewrites byte-identical files (JPEG bytes are identical for the
@@ -71,10 +76,14 @@ COLOURS: Final[dict[str, tuple[int, int, int]]] = {
     "yellow": (235, 190, 15),
 }
 COLOUR_NAMES: Final[tuple[str, ...]] = tuple(COLOURS)
+SIZES: Final[tuple[str, ...]] = ("small", "large")
+# Every (shape, colour, size): each kind of training sample cycles through these in turn.
+COMBOS: Final[tuple[tuple[str, str, str], ...]] = tuple((s, c, z) for s in SHAPES for c in COLOUR_NAMES for z in SIZES)
 BACKGROUND_RANGE: Final[tuple[int, int]] = (215, 250)  # per channel
 COLOUR_JITTER: Final[int] = 20  # per channel, uniform in [-20, 20]
 # Side length (in 64px units) of the shape's bounding box per size class.
-SIZE_RANGES: Final[dict[str, tuple[int, int]]] = {"small": (44, 47), "large": (48, 52)}
+# Far enough apart that the frozen ViT tells them apart on held-out images as well as shape and colour.
+SIZE_RANGES: Final[dict[str, tuple[int, int]]] = {"small": (34, 39), "large": (48, 52)}
 MARGIN: Final[int] = 4
 # How far (in pixels) the shape's box may move from the centre (within MARGIN).
 POSITION_JITTER: Final[int] = 1
@@ -86,11 +95,6 @@ SHAPE_QUESTION: Final[str] = "What shape is in the image?"
 MG_PLACEHOLDER: Final[str] = "<Img><ImageHere></Img>"
 LLAVA_PLACEHOLDER: Final[str] = "<image>"
 
-# How many samples of each other kind, per annotation file.
-NUM_CAPTIONS: Final[int] = 24
-NUM_PHRASED: Final[int] = 24  # other phrasings of the two questions, sentence answers
-NUM_MULTI: Final[int] = 24
-NUM_PAIRS: Final[int] = 12
 
 # Alternative answers used once in the 10 VQA answers (the other 9 agree).
 COLOUR_ALT: Final[dict[str, str]] = {
@@ -213,104 +217,208 @@ def describe(meta: ImageMeta) -> str:
     return f"{meta.size} {meta.colour} {meta.shape}"
 
 
+def by_combo(images: list[ImageMeta]) -> list[list[ImageMeta]]:
+    """The images grouped by (shape, colour, size), in ``COMBOS`` order (empty groups dropped)."""
+    groups = [[m for m in images if (m.shape, m.colour, m.size) == combo] for combo in COMBOS]
+    return [g for g in groups if g]
+
+
 def pick(train: list[ImageMeta], count: int, offset: int) -> list[ImageMeta]:
-    """``count`` training images spread evenly over the split, starting at ``offset``.
+    """``count`` training images that cycle through every (shape, colour, size) in turn.
 
-    Different offsets give different images for different sample kinds.
+    Sample ``n`` takes combination ``n % 24`` (so any 24 consecutive samples,
+    and every multiple of 24, hold each combination once: a kind is balanced
+    in every attribute), and within it image ``n // 24 + offset`` of that
+    combination's images, so that kinds with different offsets use different
+    images. (Striding through the split instead, with the split's own period of
+    12, built a whole kind from one (shape, colour) pair.)
     """
-    return [train[(offset + k * len(train) // count) % len(train)] for k in range(count)]
+    groups = by_combo(train)
+    return [groups[n % len(groups)][(n // len(groups) + offset) % len(groups[n % len(groups)])] for n in range(count)]
 
 
-def make_pairs(train: list[ImageMeta], attribute: str, count: int, offset: int) -> list[tuple[ImageMeta, ImageMeta]]:
-    """Pairs of training images; even pairs agree on ``attribute``, odd ones differ.
+def make_pairs(images: list[ImageMeta], attribute: str, count: int, offset: int) -> list[tuple[ImageMeta, ImageMeta]]:
+    """``count`` balanced pairs of ``images``: half agree on ``attribute``, half differ.
 
-    Matching pairs are chosen to differ in the *other* attribute so that the
-    question cannot be answered from a single glance at identical images.
+    The first images cycle through every (shape, colour, size) (``pick``);
+    whether a pair agrees alternates with the combination and flips every 24
+    pairs, so each combination is the first image of as many "yes" as "no"
+    pairs. A matching partner differs in the *other* attribute (the question
+    cannot be answered from two identical pictures); partners cycle through
+    the candidates, so every value of both attributes appears on both sides.
     """
     other = "colour" if attribute == "shape" else "shape"
     pairs: list[tuple[ImageMeta, ImageMeta]] = []
-    for k, first in enumerate(pick(train, count, offset)):
-        want_same = k % 2 == 0
-        for step in range(1, len(train)):
-            cand = train[(first.index + step) % len(train)]
-            same = getattr(cand, attribute) == getattr(first, attribute)
-            if want_same and same and getattr(cand, other) != getattr(first, other):
-                break
-            if not want_same and not same:
-                break
-        else:  # pragma: no cover - the plan always has a partner
+    for n, first in enumerate(pick(images, count, offset)):
+        want_same = (n + n // len(COMBOS)) % 2 == 0
+        candidates = [
+            m
+            for m in images
+            if m is not first
+            and (getattr(m, attribute) == getattr(first, attribute)) == want_same
+            and (not want_same or getattr(m, other) != getattr(first, other))
+        ]
+        if not candidates:  # pragma: no cover - every split has partners
             raise RuntimeError(f"no partner for {first.file}")
-        pairs.append((first, cand))
+        pairs.append((first, candidates[(n * 7 + offset) % len(candidates)]))
     return pairs
 
 
-def vqa_images(train: list[ImageMeta], fmt: int) -> list[ImageMeta]:
-    """Every training image gets the two short questions once, in one of the two files.
+# --------------------------------------------------------------------------
+# The kinds of training sample
+# --------------------------------------------------------------------------
 
-    Images alternate between the files in runs of 24 (two rounds of the
-    12-pair cycle, one small and one large each), so that each file sees every
-    (shape, colour) pair in both sizes equally often.
+
+@dataclass(frozen=True)
+class Turn:
+    """One question and its answer template; ``about`` names the attributes the answer must get right.
+
+    Templates are ``str.format``ted with ``shape``, ``colour``, ``size`` and
+    ``Colour`` (capitalised) of the image; a two-image turn with ``shape1``,
+    ``shape2``, ``colour1``, ``colour2`` and ``yes_no``. The first turn's
+    question holds the image placeholder(s).
     """
-    return [m for m in train if (m.index // 24) % 2 == fmt]
+
+    question: str
+    answer: str
+    about: tuple[str, ...]
 
 
-# --------------------------------------------------------------------------
-# MiniGPT4Qwen format
-# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Kind:
+    """One kind of training sample: its id prefix, annotation file, turns and how many samples.
+
+    ``count`` is a multiple of 24 (every (shape, colour, size) equally often);
+    ``pair_attribute`` is set for two-image kinds (the attribute compared, the
+    reply's yes / no being what is checked).
+    """
+
+    name: str
+    fmt: str
+    turns: tuple[Turn, ...]
+    count: int
+    offset: int
+    pair_attribute: str | None = None
+
+    @property
+    def num_images(self) -> int:
+        return 2 if self.pair_attribute else 1
+
+
+MG: Final[str] = "minigpt4"
+LLAVA: Final[str] = "llava"
+# Samples per kind and file, multiples of 24 (one per (shape, colour, size)). The
+# evaluation's two short questions also open the multi-turn kinds; sentence
+# answers get as many samples as it takes the tiny LM to read the image in them
+# too; comparing two images is learnt last, so it gets the most.
+NUM_SHORT: Final[int] = 144
+NUM_PER_KIND: Final[int] = 48
+NUM_PER_PAIR_KIND: Final[int] = 96  # half "yes", half "no"
+
+KINDS: Final[tuple[Kind, ...]] = (
+    # MiniGPT4Qwen format
+    Kind("mg_colour", MG, (Turn(f"{MG_PLACEHOLDER} {COLOUR_QUESTION}", "{colour}", ("colour",)),), NUM_SHORT, 0),
+    Kind("mg_shape", MG, (Turn(f"{MG_PLACEHOLDER} {SHAPE_QUESTION}", "{shape}", ("shape",)),), NUM_SHORT, 3),
+    Kind(
+        "mg_caption", MG,
+        (Turn(f"{MG_PLACEHOLDER} Describe the image briefly.", "A {size} {colour} {shape} on a light background.", ("size", "colour", "shape")),),
+        NUM_PER_KIND, 1,
+    ),
+    Kind(
+        "mg_phrased_colour", MG,
+        (Turn(f"{MG_PLACEHOLDER} What is the colour of the object in this image?", "The object is {colour}.", ("colour",)),),
+        NUM_PER_KIND, 2,
+    ),
+    Kind("mg_phrased_shape", MG, (Turn(f"{MG_PLACEHOLDER} Which shape is drawn here?", "A {shape} is drawn here.", ("shape",)),), NUM_PER_KIND, 3),
+    Kind(
+        "mg_multi_colour_shape", MG,
+        (Turn(f"{MG_PLACEHOLDER} {COLOUR_QUESTION}", "{colour}", ("colour",)), Turn("And what shape is it?", "{shape}", ("shape",))),
+        NUM_PER_KIND, 4,
+    ),
+    Kind(
+        "mg_multi_shape_size", MG,
+        (Turn(f"{MG_PLACEHOLDER} {SHAPE_QUESTION}", "{shape}", ("shape",)), Turn("Is it small or large?", "It is {size}.", ("size",))),
+        NUM_PER_KIND, 5,
+    ),
+    Kind(
+        "mg_pair", MG,
+        (
+            Turn(
+                f"Image 1: {MG_PLACEHOLDER} Image 2: {MG_PLACEHOLDER} Do the two images show the same shape?",
+                # The shapes are named before the verdict: the tiny LM compares two words it has just written.
+                "The first is a {shape1} and the second is a {shape2}, so {yes_no}.",
+                ("yes_no",),
+            ),
+        ),
+        NUM_PER_PAIR_KIND, 6, pair_attribute="shape",
+    ),
+    # LLaVA format
+    Kind("llava_colour", LLAVA, (Turn(f"{LLAVA_PLACEHOLDER}\n{COLOUR_QUESTION}", "{colour}", ("colour",)),), NUM_SHORT, 6),
+    Kind("llava_shape", LLAVA, (Turn(f"{LLAVA_PLACEHOLDER}\n{SHAPE_QUESTION}", "{shape}", ("shape",)),), NUM_SHORT, 9),
+    Kind(
+        "llava_caption", LLAVA,
+        (Turn(f"{LLAVA_PLACEHOLDER}\nGive a short description of this picture.", "It is a {size} {colour} {shape}.", ("size", "colour", "shape")),),
+        NUM_PER_KIND, 7,
+    ),
+    Kind(
+        "llava_phrased_shape", LLAVA,
+        (Turn(f"{LLAVA_PLACEHOLDER}\nWhich shape can you see in this picture?", "I can see a {shape}.", ("shape",)),),
+        NUM_PER_KIND, 8,
+    ),
+    Kind(
+        "llava_phrased_colour", LLAVA,
+        (Turn(f"{LLAVA_PLACEHOLDER}\nWhich colour does the object in the picture have?", "The object is {colour}.", ("colour",)),),
+        NUM_PER_KIND, 9,
+    ),
+    Kind(
+        "llava_multi_shape_colour", LLAVA,
+        (Turn(f"{LLAVA_PLACEHOLDER}\n{SHAPE_QUESTION}", "{shape}", ("shape",)), Turn(COLOUR_QUESTION, "{colour}", ("colour",))),
+        NUM_PER_KIND, 10,
+    ),
+    Kind(
+        "llava_multi_size_name", LLAVA,
+        (
+            Turn(f"{LLAVA_PLACEHOLDER}\nIs the shape in this picture small or large?", "The shape is {size}.", ("size",)),
+            Turn("Name its colour and shape.", "{Colour} {shape}.", ("colour", "shape")),
+        ),
+        NUM_PER_KIND, 11,
+    ),
+    Kind(
+        "llava_pair", LLAVA,
+        (
+            Turn(
+                f"{LLAVA_PLACEHOLDER}\n{LLAVA_PLACEHOLDER}\nAre the shapes in these two pictures the same colour?",
+                "The first is {colour1} and the second is {colour2}, so {yes_no}.",
+                ("yes_no",),
+            ),
+        ),
+        NUM_PER_PAIR_KIND, 0, pair_attribute="colour",
+    ),
+)
+
+
+def fields(meta: ImageMeta) -> dict[str, str]:
+    """The template fields of one image."""
+    return {"shape": meta.shape, "colour": meta.colour, "size": meta.size, "Colour": meta.colour.capitalize()}
+
+
+def pair_fields(a: ImageMeta, b: ImageMeta, attribute: str) -> dict[str, str]:
+    """The template fields of a pair: both images' attributes and whether ``attribute`` agrees."""
+    return {
+        "shape1": a.shape, "shape2": b.shape, "colour1": a.colour, "colour2": b.colour,
+        "yes_no": "yes" if getattr(a, attribute) == getattr(b, attribute) else "no",
+    }
+
+
+def kind_samples(kind: Kind, train: list[ImageMeta]) -> list[tuple[list[ImageMeta], dict[str, str]]]:
+    """The images and template fields of every sample of ``kind``."""
+    if kind.pair_attribute:
+        return [([a, b], pair_fields(a, b, kind.pair_attribute)) for a, b in make_pairs(train, kind.pair_attribute, kind.count, kind.offset)]
+    return [([m], fields(m)) for m in pick(train, kind.count, kind.offset)]
 
 
 def mg_record(rid: str, image: str | list[str], instruction: str | list[str], output: str | list[str]) -> Record:
     return {"id": rid, "image": image, "instruction": instruction, "output": output}
-
-
-def build_minigpt4(metas: list[ImageMeta]) -> list[Record]:
-    train = metas[:NUM_TRAIN]
-    records: list[Record] = []
-    for n, meta in enumerate(vqa_images(train, 0)):
-        records.append(mg_record(f"mg_colour_{n:04d}", meta.file, f"{MG_PLACEHOLDER} {COLOUR_QUESTION}", meta.colour))
-        records.append(mg_record(f"mg_shape_{n:04d}", meta.file, f"{MG_PLACEHOLDER} {SHAPE_QUESTION}", meta.shape))
-    for n, meta in enumerate(pick(train, NUM_CAPTIONS, offset=1)):
-        records.append(
-            mg_record(
-                f"mg_caption_{n:04d}",
-                meta.file,
-                f"{MG_PLACEHOLDER} Describe the image briefly.",
-                f"A {describe(meta)} on a light background.",
-            )
-        )
-    for n, meta in enumerate(pick(train, NUM_PHRASED, offset=2)):
-        if n % 2 == 0:
-            q, a = "What is the colour of the object in this image?", f"The object is {meta.colour}."
-        else:
-            q, a = "Which shape is drawn here?", f"A {meta.shape} is drawn here."
-        records.append(mg_record(f"mg_phrased_{n:04d}", meta.file, f"{MG_PLACEHOLDER} {q}", a))
-    for n, meta in enumerate(pick(train, NUM_MULTI, offset=3)):
-        if n % 2 == 0:
-            instruction = [f"{MG_PLACEHOLDER} {COLOUR_QUESTION}", "And what shape is it?"]
-            output = [meta.colour, meta.shape]
-        else:
-            instruction = [f"{MG_PLACEHOLDER} {SHAPE_QUESTION}", "Is it small or large?"]
-            output = [meta.shape, f"It is {meta.size}."]
-        records.append(mg_record(f"mg_multi_{n:04d}", meta.file, instruction, output))
-    for n, (a, b) in enumerate(make_pairs(train, "shape", NUM_PAIRS, offset=4)):
-        if a.shape == b.shape:
-            answer = f"Yes, both show a {a.shape}."
-        else:
-            answer = f"No, the first is a {a.shape} and the second is a {b.shape}."
-        records.append(
-            mg_record(
-                f"mg_pair_{n:04d}",
-                [a.file, b.file],
-                f"Image 1: {MG_PLACEHOLDER} Image 2: {MG_PLACEHOLDER} Do the two images show the same shape?",
-                answer,
-            )
-        )
-    return records
-
-
-# --------------------------------------------------------------------------
-# LLaVA format
-# --------------------------------------------------------------------------
 
 
 def conversation(*turns: str) -> list[dict[str, str]]:
@@ -321,57 +429,37 @@ def llava_record(rid: str, image: str | list[str], *turns: str) -> Record:
     return {"id": rid, "image": image, "conversations": conversation(*turns)}
 
 
-def build_llava(metas: list[ImageMeta]) -> list[Record]:
+def build_records(metas: list[ImageMeta], fmt: str) -> list[Record]:
+    """Every training sample of one annotation file (ids ``<kind>_<n>``).
+
+    The kinds take turns (sample 0 of each kind, then sample 1 of each, ...),
+    so that any leading slice of a file, such as the tests' 60-record subset,
+    holds every kind: single- and multi-turn, one and two images.
+    """
     train = metas[:NUM_TRAIN]
+    per_kind = [(kind, kind_samples(kind, train)) for kind in KINDS if kind.fmt == fmt]
+    turns = [(kind, n, sample) for kind, samples in per_kind for n, sample in enumerate(samples)]
+    turns.sort(key=lambda item: item[1])  # stable: within one n, kinds stay in KINDS order
     records: list[Record] = []
-    for n, meta in enumerate(vqa_images(train, 1)):
-        records.append(llava_record(f"llava_colour_{n:04d}", meta.file, f"{LLAVA_PLACEHOLDER}\n{COLOUR_QUESTION}", meta.colour))
-        records.append(llava_record(f"llava_shape_{n:04d}", meta.file, f"{LLAVA_PLACEHOLDER}\n{SHAPE_QUESTION}", meta.shape))
-    for n, meta in enumerate(pick(train, NUM_CAPTIONS, offset=5)):
-        records.append(
-            llava_record(
-                f"llava_caption_{n:04d}",
-                meta.file,
-                f"{LLAVA_PLACEHOLDER}\nGive a short description of this picture.",
-                f"It is a {describe(meta)}.",
-            )
-        )
-    for n, meta in enumerate(pick(train, NUM_PHRASED, offset=6)):
-        if n % 2 == 0:
-            q, a = "Which shape can you see in this picture?", f"I can see a {meta.shape}."
+    for kind, n, (images, values) in turns:
+        rid = f"{kind.name}_{n:04d}"
+        image: str | list[str] = [m.file for m in images] if len(images) > 1 else images[0].file
+        questions = [t.question for t in kind.turns]
+        answers = [t.answer.format(**values) for t in kind.turns]
+        if fmt == MG:
+            single = len(questions) == 1
+            records.append(mg_record(rid, image, questions[0] if single else questions, answers[0] if single else answers))
         else:
-            q, a = "Which colour does the object in the picture have?", f"The object is {meta.colour}."
-        records.append(llava_record(f"llava_phrased_{n:04d}", meta.file, f"{LLAVA_PLACEHOLDER}\n{q}", a))
-    for n, meta in enumerate(pick(train, NUM_MULTI, offset=7)):
-        if n % 2 == 0:
-            turns = (
-                f"{LLAVA_PLACEHOLDER}\n{SHAPE_QUESTION}",
-                meta.shape,
-                COLOUR_QUESTION,
-                meta.colour,
-            )
-        else:
-            turns = (
-                f"{LLAVA_PLACEHOLDER}\nIs the shape in this picture small or large?",
-                f"The shape is {meta.size}.",
-                "Name its colour and shape.",
-                f"{meta.colour.capitalize()} {meta.shape}.",
-            )
-        records.append(llava_record(f"llava_multi_{n:04d}", meta.file, *turns))
-    for n, (a, b) in enumerate(make_pairs(train, "colour", NUM_PAIRS, offset=8)):
-        if a.colour == b.colour:
-            answer = f"Yes, both shapes are {a.colour}."
-        else:
-            answer = f"No, the first shape is {a.colour} and the second is {b.colour}."
-        records.append(
-            llava_record(
-                f"llava_pair_{n:04d}",
-                [a.file, b.file],
-                f"{LLAVA_PLACEHOLDER}\n{LLAVA_PLACEHOLDER}\nAre the shapes in these two pictures the same colour?",
-                answer,
-            )
-        )
+            records.append(llava_record(rid, image, *(x for qa in zip(questions, answers) for x in qa)))
     return records
+
+
+def build_minigpt4(metas: list[ImageMeta]) -> list[Record]:
+    return build_records(metas, MG)
+
+
+def build_llava(metas: list[ImageMeta]) -> list[Record]:
+    return build_records(metas, LLAVA)
 
 
 # --------------------------------------------------------------------------
@@ -446,6 +534,16 @@ def check(metas: list[ImageMeta], train_records: list[Record]) -> None:
             raise AssertionError(f"{split} split misses some (shape, colour, size)")
     if len({(m.shape, m.colour) for m in metas if m.split == "val"}) != len(SHAPES) * len(COLOURS):
         raise AssertionError("val split misses some (shape, colour)")
+    train = metas[:NUM_TRAIN]
+    for kind in KINDS:
+        samples = kind_samples(kind, train)
+        firsts = Counter((images[0].shape, images[0].colour, images[0].size) for images, _ in samples)
+        if set(firsts) != set(COMBOS) or len(set(firsts.values())) != 1:
+            raise AssertionError(f"{kind.name}: not every (shape, colour, size) equally often: {dict(firsts)}")
+        if kind.pair_attribute:
+            verdicts = Counter(values["yes_no"] for _, values in samples)
+            if verdicts["yes"] != verdicts["no"]:
+                raise AssertionError(f"{kind.name}: {dict(verdicts)}")
 
 
 def generate(out_dir: Path) -> None:

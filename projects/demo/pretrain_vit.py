@@ -14,7 +14,7 @@ features, a few seconds on a CPU. It writes the encoder's weights
 which ``projects/demo/train.yaml`` names as ``model.vit_pretrained`` with
 ``model.freeze_vit: true``. The head is thrown away. Usage::
 
-    python projects/demo/pretrain_vit.py [--data-dir DIR] [--steps 300]
+    python projects/demo/pretrain_vit.py [--data-dir DIR] [--steps 1500]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data-dir", type=Path, default=HERE / "data")
     parser.add_argument("--out", type=Path, default=None, help="default: DATA_DIR/vit_pretrained.safetensors")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     pretrain(args.data_dir, args.out or args.data_dir / "vit_pretrained.safetensors", args.steps, args.seed)

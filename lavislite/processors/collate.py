@@ -14,6 +14,16 @@ import torch
 from lavislite.processors.chat_processor import IGNORE_INDEX
 
 
+def _ids_and_images(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """The batch's sample ids, every image stacked in sample order (or None), and each sample's image count."""
+    images = [b["image"] for b in batch if b.get("image") is not None]
+    return {
+        "ids": [b["id"] for b in batch],
+        "image": torch.cat(images) if images else None,
+        "num_images": [0 if b.get("image") is None else len(b["image"]) for b in batch],
+    }
+
+
 def collate_chat(batch: list[dict[str, Any]], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
     """Pads to the longest sample in the batch and stacks every image in sample order.
 
@@ -32,11 +42,8 @@ def collate_chat(batch: list[dict[str, Any]], pad_token_id: int, padding_side: s
         attention[i, sl] = 1
         if "labels" in b:
             labels[i, sl] = b["labels"]
-    images = [b["image"] for b in batch if b.get("image") is not None]
     return {
-        "ids": [b["id"] for b in batch],
-        "image": torch.cat(images) if images else None,
-        "num_images": [0 if b.get("image") is None else len(b["image"]) for b in batch],
+        **_ids_and_images(batch),
         "input_ids": input_ids,
         "attention_mask": attention,
         "labels": labels,
@@ -99,11 +106,8 @@ def collate_packed(batch: list[dict[str, Any]], pad_token_id: int) -> dict[str, 
         labels[row, start] = IGNORE_INDEX  # no target crosses into this sample from the one before
     for row, n in enumerate(lengths):
         position_ids[row, n:] = torch.arange(max_len - n)  # the tail restarts too: a sequence of its own
-    images = [b["image"] for b in batch if b.get("image") is not None]
     return {
-        "ids": [b["id"] for b in batch],
-        "image": torch.cat(images) if images else None,
-        "num_images": [0 if b.get("image") is None else len(b["image"]) for b in batch],
+        **_ids_and_images(batch),
         "input_ids": input_ids,
         "attention_mask": None,
         "position_ids": position_ids,

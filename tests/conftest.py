@@ -21,6 +21,16 @@ DEMO_DATA = REPO / "projects" / "demo" / "data"
 DEMO = str(REPO / "projects" / "demo" / "train.yaml")
 
 
+def demo_model_overrides() -> dict[str, Any]:
+    """What the demo run config sets over the ``demo`` model type's shapes (its query count), as ``load_model`` overrides.
+
+    A release of the demo run loads into a model of the same shapes only.
+    """
+    from omegaconf import OmegaConf
+
+    return {"qformer": OmegaConf.to_container(OmegaConf.load(DEMO).model.qformer)}
+
+
 def _small_demo_options(n: int = 60) -> list[str]:
     """``--options`` that train the demo recipe on the first ``n`` records of each demo file, without validation.
 

@@ -103,7 +103,7 @@ def test_missing_image_is_a_clean_error(demo_run: Path, tmp_path: Path) -> None:
 
 def test_missing_checkpoint_and_bad_settings_are_clean_errors(tmp_path: Path) -> None:
     proc = chat_cli(["--checkpoint", str(tmp_path / "nothing_here")], "")
-    assert proc.returncode == 2 and "error: no lavislite checkpoint at" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "error: no checkpoint at" in proc.stderr and "Traceback" not in proc.stderr
     proc = chat_cli(["--checkpoint", str(tmp_path), "--top-p", "2"], "")
     assert proc.returncode == 2 and "generate.top_p: must be in (0, 1], got 2.0" in proc.stderr and "Traceback" not in proc.stderr
     proc = chat_cli([], "")

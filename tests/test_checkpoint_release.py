@@ -102,8 +102,10 @@ def test_load_model_and_preprocess_with_finetuned_gives_the_trained_loss(demo_ru
             return float(model(collate_chat(batch, model.tokenizer.pad_token_id))["loss"])
 
     torch.manual_seed(0)
-    trained = load_model_and_preprocess("blip2_qwen", "demo", is_eval=True, finetuned=str(release))
-    random_init = load_model_and_preprocess("blip2_qwen", "demo", is_eval=True)
+    from conftest import demo_model_overrides
+
+    trained = load_model_and_preprocess("blip2_qwen", "demo", is_eval=True, finetuned=str(release), **demo_model_overrides())
+    random_init = load_model_and_preprocess("blip2_qwen", "demo", is_eval=True, **demo_model_overrides())
     assert loss_of(*trained) < 3.0 < 10.0 < loss_of(*random_init)
 
 
@@ -111,10 +113,13 @@ def test_the_python_api_prints_the_load_report(demo_run: Path) -> None:
     import subprocess
     import sys
 
-    from conftest import REPO, run_env
+    from conftest import REPO, demo_model_overrides, run_env
 
     release = demo_run / "release"
-    code = f"from lavislite.models import load_model_and_preprocess; load_model_and_preprocess('blip2_qwen', 'demo', finetuned={str(release)!r})"
+    code = (
+        "from lavislite.models import load_model_and_preprocess; "
+        f"load_model_and_preprocess('blip2_qwen', 'demo', finetuned={str(release)!r}, **{demo_model_overrides()!r})"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     # The demo trains on a frozen pretrained ViT, which a release does not hold: the

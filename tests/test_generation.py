@@ -20,9 +20,10 @@ EVAL_PROCESSORS = {"vis_processor": {"eval": {"name": "blip_image_eval", "image_
 
 @pytest.fixture(scope="module")
 def trained(demo_run: Path):  # type: ignore[no-untyped-def]
+    from conftest import demo_model_overrides
     from lavislite.models import load_model_and_preprocess
 
-    return load_model_and_preprocess("blip2_qwen", "demo", is_eval=True, finetuned=str(demo_run / "release"))
+    return load_model_and_preprocess("blip2_qwen", "demo", is_eval=True, finetuned=str(demo_run / "release"), **demo_model_overrides())
 
 
 def _item(vis, txt, image: str, prompt: str, i: int) -> dict:  # type: ignore[no-untyped-def]

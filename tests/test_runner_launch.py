@@ -25,7 +25,7 @@ class BadSampleOnRank1(VQATask):
 
 def test_a_config_error_under_torchrun_is_printed_once_and_torchrun_reports_exit_code_2() -> None:
     proc = launch("train.py", ["--cfg-path", DEMO, "--options", "run.max_epochz=1"], nproc=2, timeout=120)
-    assert proc.stderr.count("run.max_epochz: unknown key; did you mean 'run.max_epoch'?") == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("--options run.max_epochz=1: unknown key; did you mean 'run.max_epoch'?") == 1, proc.stderr[-3000:]
     assert "error (rank 0): Invalid config" in proc.stderr
     # torchrun's own summary names the worker's code; torchrun itself exits 1 (README, "A user error ...")
     assert "exitcode  : 2" in proc.stderr

@@ -80,10 +80,12 @@ def supervised_cross_entropy(
       (supervised rows x vocabulary slice) with an online log-sum-exp; each
       vocabulary slice of the weight's gradient is written in place (no
       second weight-sized temporary);
-    * any other head (DeepSpeed ZeRO-3 partitioned or hooked, wrapped, a plain
-      callable) is called per chunk of rows under activation checkpointing, so
-      its own ``forward`` (and the hooks that gather a partitioned weight) runs
-      in the forward pass and again in the backward recompute.
+    * a DeepSpeed ZeRO-3 partitioned head is called once over the supervised
+      rows (each call gathers its weight in a collective, so every rank must
+      call it equally often, whatever its own row count);
+    * any other head (hooked, wrapped, a plain callable) is called per chunk of
+      rows under activation checkpointing, so its own ``forward`` runs in the
+      forward pass and again in the backward recompute.
 
     Args:
         hidden: (B, L, H) final hidden states.
@@ -113,7 +115,11 @@ def supervised_cross_entropy(
     if int(n_tokens) == 0:
         raise DataError(f"batch {ids}: no supervised token (every label is {IGNORE_INDEX}); check the templates/truncation")
     rows, row_targets = hidden[:, :-1][keep], targets[keep]
-    if impl == "full":
+    if impl == "full" or hasattr(getattr(lm_head, "weight", None), "ds_id"):
+        # A ZeRO-3 partitioned head gathers its weight in a collective on every
+        # call, so every rank must call it equally often: the chunk count follows
+        # this rank's supervised rows and would differ (a hang). One call per
+        # forward, as before chunking; its memory is rows x vocab.
         return F.cross_entropy(lm_head(rows).float(), row_targets), n_tokens
     if _is_plain_linear(lm_head, rows):
         weight, bias = lm_head.weight, lm_head.bias  # type: ignore[union-attr]

@@ -217,7 +217,7 @@ def test_evaluate_unknown_split_fails_listing_the_splits(tmp_path: Path) -> None
     """Issue 9.10: used to exit 0 with {}."""
     proc = launch("evaluate.py", ["--cfg-path", DEMO, "--options", "run.test_splits=[tets]", f"run.output_dir={tmp_path}"])
     assert proc.returncode != 0
-    assert "run.test_splits: unknown split 'tets'" in proc.stderr
+    assert "--options run.test_splits=[tets]: unknown split 'tets'" in proc.stderr
     assert "minigpt4_instruction: train; llava_instruction: train" in proc.stderr
     assert not any(tmp_path.iterdir())
 

@@ -85,9 +85,12 @@ def _tiny_release(folder: Path) -> Path:
 
     from lavislite.models import load_model, write_release
 
+    from conftest import demo_model_overrides
+
     torch.manual_seed(0)
-    model = load_model("blip2_qwen", "demo")
-    write_release(str(folder), model.trainable_state_dict(), {"model": {"arch": "blip2_qwen", "model_type": "demo"}, "datasets": {}, "run": {}})
+    model = load_model("blip2_qwen", "demo", **demo_model_overrides())  # the shapes the demo eval configs build
+    config = {"model": {"arch": "blip2_qwen", "model_type": "demo", **demo_model_overrides()}, "datasets": {}, "run": {}}
+    write_release(str(folder), model.trainable_state_dict(), config)
     return folder
 
 

@@ -151,3 +151,20 @@ def demo_data_config(path: Path, builder: str, annotations: Path, run: dict[str,
     }
     path.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
     return path
+
+
+# Test files whose tests train or launch processes (minutes each on 2 cores).
+SLOW_FILES = {"test_resilience.py", "test_train_e2e.py", "test_benchmarks.py", "test_runner_launch.py", "test_runner_positions.py", "test_zero3_text_only.py", "test_evaluation_e2e.py", "test_webui.py"}
+# Fixtures that train a run once per session.
+SLOW_FIXTURES = {"demo_run", "zero2_run"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: trains a model or launches processes (minutes); quick feedback with -m 'not slow'")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks the tests of ``SLOW_FILES`` and every test that needs a trained run as ``slow``."""
+    for item in items:
+        if item.path.name in SLOW_FILES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

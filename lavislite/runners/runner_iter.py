@@ -6,6 +6,16 @@ and a checkpoint. The data is read round after round (a data epoch is one pass
 over the training set, reshuffled each pass) without ever stopping at a pass's
 end, so an accumulation window may span two passes. Every rank runs the same
 number of steps. This is the runner for streaming data.
+
+A streaming training set (``ShardStream``: the ``webdataset_*`` builders) is
+read through one DataLoader iterator for the whole run, pass after pass (a
+data epoch is one pass over the shards). Every rank gets the same number of
+batches per pass by construction (see ``datasets.wds_dataset``), so no
+collective waits on a rank that ran out. The stream's position is the number
+of micro-batches this rank trained (``epoch x batches per pass + batch``, as
+the checkpoint records it); a resume re-creates the stream at that position
+and refuses a changed stream layout (world size, workers, batch size, seed,
+shards), which would change which samples follow.
 """
 
 from __future__ import annotations
@@ -15,8 +25,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader
+
+from lavislite.common import dist_utils
+from lavislite.common.errors import CheckpointError
 from lavislite.common.logger import logger
 from lavislite.common.registry import registry
+from lavislite.common.schema import ConfigError
+from lavislite.datasets.datasets.samplers import worker_init
+from lavislite.datasets.datasets.wds_dataset import ShardStream
+from lavislite.runners import checkpoints as ckpt
 from lavislite.runners.runner_base import RunnerBase, RunnerConfig
 
 
@@ -42,12 +61,61 @@ class RunnerIter(RunnerBase):
     Config = RunnerIterConfig
     windows_restart_each_epoch = False  # an accumulation window may span two passes
 
+    stream: ShardStream | None = None
+
     def setup_dataloader(self) -> None:
+        streams = [
+            (name, by_split[split])
+            for name, by_split in self.datasets.items()
+            for split in self.run.train_splits
+            if split in by_split and isinstance(by_split[split], ShardStream)
+        ]
+        if streams:
+            self.setup_stream(streams)
+            return
         super().setup_dataloader()
         # A pass over the data ends wherever it ends: no batch is dropped, and the
         # lr schedule's "epoch" (linear_warmup_step_lr) is the inner epoch.
         self.batches_per_epoch = self.sampler.per_rank() // self.run.batch_size_train
         self.steps_per_epoch = self.run.iters_per_inner_epoch
+
+    def setup_stream(self, streams: list[tuple[str, ShardStream]]) -> None:
+        """The training loader over one shard stream: each worker yields whole micro-batches, endless.
+
+        Raises:
+            ConfigError: a stream beside other training sets, or with packing / length grouping.
+        """
+        n_splits = sum(1 for by_split in self.datasets.values() for split in self.run.train_splits if split in by_split)
+        if n_splits > 1:
+            names = ", ".join(name for name, _ in streams)
+            raise ConfigError([f"datasets: the stream {names} is one of {n_splits} training sets; a stream trains alone (mixing by sample_ratio is not built yet)"])
+        for key in ("packing", "group_by_length"):
+            if self.run[key]:
+                raise ConfigError([f"run.{key}: not available for a streaming dataset ({streams[0][0]}); set run.{key}=false"])
+        name, stream = streams[0]
+        stream.configure(
+            rank=dist_utils.get_rank(),
+            world_size=dist_utils.get_world_size(),
+            num_workers=self.run.num_workers,
+            batch_size=self.run.batch_size_train,
+            seed=self.run.seed,
+        )
+        self.stream = stream
+        self.train_set = stream
+        self.train_loader = DataLoader(
+            stream,
+            batch_size=None,  # the stream batches itself (a batch never spans two passes)
+            num_workers=self.run.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=worker_init,
+            generator=torch.Generator().manual_seed(self.run.seed),
+        )
+        self.batches_per_epoch = stream.batches_per_pass
+        self.steps_per_epoch = self.run.iters_per_inner_epoch
+        logger.info(
+            "streaming %s: %d batch(es) of %d per process and pass (%d process(es) x %d stream(s) of %d samples)",
+            name, stream.batches_per_pass, stream.batch_size, stream.world_size, stream.num_workers, stream.per_stream,
+        )
 
     def plan_steps(self) -> int:
         """``run.max_iters``; ``run.max_steps``, when set, wins here too (as it wins over ``max_epoch``)."""
@@ -81,12 +149,55 @@ class RunnerIter(RunnerBase):
 
     def endless_batches(self, epoch: int, first_batch: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
         """``(data epoch, batch index, batch)`` pass after pass; ``position`` is where the next one starts."""
+        if self.stream is not None:
+            yield from self.stream_batches(epoch * self.batches_per_epoch + first_batch)
+            return
         while True:
             self.sampler.set_epoch(epoch, start=first_batch * self.run.batch_size_train)
             for i, samples in enumerate(self.train_loader, start=first_batch):
                 self.position = (epoch, i + 1) if i + 1 < self.batches_per_epoch else (epoch + 1, 0)
                 yield epoch, i, samples
             epoch, first_batch = epoch + 1, 0
+
+    def stream_batches(self, start: int) -> Iterator[tuple[int, int, dict[str, Any]]]:
+        """The stream's batches from this rank's ``start``-th on (one loader iterator for the whole run)."""
+        assert self.stream is not None
+        self.stream.configure(
+            self.stream.rank, self.stream.world_size, self.run.num_workers, self.stream.batch_size, start_batches=start, seed=self.run.seed
+        )
+        per_pass = self.batches_per_epoch
+        for k, samples in enumerate(self.train_loader, start=start):
+            if samples.get("bad_samples"):
+                logger.warning("%d bad sample(s) left out of a batch: %s", len(samples["bad_samples"]), samples["bad_samples"][0]["reason"])
+            self.position = divmod(k + 1, per_pass)
+            epoch, index = divmod(k, per_pass)
+            yield epoch, index, samples
+
+    def trainer_state(self, next_epoch: int, next_batch: int) -> dict[str, Any]:
+        state = super().trainer_state(next_epoch, next_batch)
+        if self.stream is not None:
+            state["stream"] = self.stream.state()
+        return state
+
+    def resume(self, path: str) -> None:
+        """As ``RunnerBase.resume``; a stream's checkpoint must match the stream's layout, which decides the samples to come.
+
+        Raises:
+            CheckpointError: naming what changed (old -> new).
+        """
+        if self.stream is not None:
+            ckpt.check_resumable(path)
+            old = ckpt.read_trainer_state(path).get("stream")
+            now = self.stream.state()
+            if old is None:
+                raise CheckpointError(f"cannot resume {path} on a stream: it was written by a run that did not stream")
+            changed = [f"{k} {old.get(k)} -> {v}" for k, v in now.items() if old.get(k) != v]
+            if changed:
+                raise CheckpointError(
+                    f"cannot resume {path} exactly: the stream's layout changed ({', '.join(changed)}); which samples come next "
+                    "depends on the world size, run.num_workers, run.batch_size_train, run.seed and the shards. Resume with the old values"
+                )
+        super().resume(path)
 
     def save_step_checkpoint(self, epoch: int, next_batch: int) -> None:
         epoch, batch = self.position

@@ -10,6 +10,7 @@ from lavislite.common.config import load_dataset_config
 from lavislite.common.registry import registry
 from lavislite.datasets.builders.base_builder import BaseDatasetBuilder, BuilderConfig
 from lavislite.datasets.builders.instruction_builders import LlavaInstructionBuilder, MiniGPT4InstructionBuilder
+from lavislite.datasets.builders.stream_builders import WebdatasetCaptionBuilder, WebdatasetInstructionBuilder
 from lavislite.datasets.builders.task_builders import CocoCaptionBuilder, VQAv2Builder
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "LlavaInstructionBuilder",
     "MiniGPT4InstructionBuilder",
     "VQAv2Builder",
+    "WebdatasetCaptionBuilder",
+    "WebdatasetInstructionBuilder",
     "dataset_zoo",
     "load_dataset",
 ]

@@ -154,7 +154,7 @@ def demo_data_config(path: Path, builder: str, annotations: Path, run: dict[str,
 
 
 # Test files whose tests train or launch processes (minutes each on 2 cores).
-SLOW_FILES = {"test_resilience.py", "test_train_e2e.py", "test_benchmarks.py", "test_runner_launch.py", "test_runner_positions.py", "test_zero3_text_only.py", "test_evaluation_e2e.py", "test_webui.py"}
+SLOW_FILES = {"test_resilience.py", "test_streaming_dist.py", "test_train_e2e.py", "test_benchmarks.py", "test_runner_launch.py", "test_runner_positions.py", "test_zero3_text_only.py", "test_evaluation_e2e.py", "test_webui.py"}
 # Fixtures that train a run once per session.
 SLOW_FIXTURES = {"demo_run", "zero2_run"}
 

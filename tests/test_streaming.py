@@ -69,6 +69,7 @@ def write_instruction_shards(folder: Path, records: int = 40, per_shard: int = 1
     Returns:
         the shard pattern the converter printed, and the annotation file.
     """
+    folder.mkdir(parents=True, exist_ok=True)
     ann = folder / "llava.json"
     ann.write_text(json.dumps(json.loads((DEMO_DATA / "llava_instruction.json").read_text())[:records]))
     assert make_shards_main(["--annotations", str(ann), "--images", str(DEMO_DATA / "images"), "--out", str(folder / "shards"), "--samples-per-shard", str(per_shard)]) == 0

@@ -238,10 +238,13 @@ def _mix(*parts: Any) -> int:
 
 
 # -- decoding and processing ----------------------------------------------------------
-def _decode_image(data: bytes, name: str) -> Image.Image:
+def _decode_image(data: bytes) -> Image.Image:
+    """An image member as RGB, turned upright by its EXIF orientation (phone photos store it there)."""
+    from PIL import ImageOps
+
     image = Image.open(io.BytesIO(data))
     image.load()
-    return image.convert("RGB")
+    return ImageOps.exif_transpose(image).convert("RGB")
 
 
 def _sample_images(raw: RawSample) -> list[tuple[str, bytes]]:
@@ -488,7 +491,7 @@ class ShardStream(IterableDataset):
                 tensors = []
                 for ext, data in images[: text["num_images"]]:
                     try:
-                        tensors.append(self.vis_processor(_decode_image(data, ext)))
+                        tensors.append(self.vis_processor(_decode_image(data)))
                     except Exception as exc:
                         raise SampleError(f"{where}: cannot decode {raw.key}.{ext}: {exc}") from exc
         except SampleError as exc:

@@ -308,3 +308,51 @@ def test_a_skip_run_finishes_and_lists_what_it_skipped(tmp_path: Path) -> None:
     assert [r["bad_samples"] for r in steps] == [2 + (r["step"] >= cut["step"]) for r in steps]
     assert steps[-1]["bad_samples/minigpt4_instruction"] == 3 and steps[-1]["truncated_replies"] == 0
     assert "skipped bad sample (minigpt4_instruction)" in proc.stderr
+
+
+def _two_rank_worker(rank: int, port: int, out: str) -> None:
+    """One of two gloo ranks feeding the runner's bad-sample step three batches, then one too many."""
+    import torch.distributed as dist
+
+    from lavislite.runners.runner_base import RunnerBase
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    runner = RunnerBase.__new__(RunnerBase)  # only the bad-sample bookkeeping, no model or engine
+    runner.output_dir, runner.global_step, runner.datasets, runner.bad_writer, runner.metrics, runner.tb = out, 0, {}, None, None, None
+    runner.bad_tracker = BadSampleTracker(limits={"d": 0.03})
+    runner.setup_bad_samples()
+
+    def record(key: str) -> dict[str, str]:
+        return {"dataset": "d", "source": f"shard-{rank}.tar", "key": key, "reason": "cannot read image"}
+
+    per_step = {1: [record("a")], 2: [record("b")] if rank == 1 else [], 3: []}
+    for step, records in per_step.items():
+        batch = {"ids": [f"{rank}-{step}-{i}" for i in range(40)], "bad_samples": records, "truncated": rank}
+        runner.take_bad_samples(batch, epoch=0)
+        assert "bad_samples" not in batch and "truncated" not in batch  # popped before the forward
+        runner.global_step = step
+    counts = {"read": runner.bad_tracker.read, "metrics": runner.bad_tracker.metrics()}
+    try:
+        runner.take_bad_samples({"ids": ["x"], "bad_samples": [record(f"c{k}") for k in range(3)]}, epoch=0)
+    except BadSampleLimitError as exc:
+        counts["stopped"] = str(exc)
+    runner.close()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(counts))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_records_all_reach_rank_0s_file_and_both_ranks_stop_together(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    from conftest import free_port
+
+    # fork: the ranks inherit the imported modules (spawn would import torch and lavislite again, twice).
+    mp.start_processes(_two_rank_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    lines = [json.loads(line) for line in (tmp_path / "bad_samples.jsonl").read_text().splitlines()]
+    assert [(r["rank"], r["source"], r["key"], r["step"]) for r in lines[:3]] == [(0, "shard-0.tar", "a", 1), (1, "shard-1.tar", "a", 1), (1, "shard-1.tar", "b", 2)]
+    assert len(lines) == 3 + 6  # the last batch's records are written before the run stops
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # the same counts, the same decision, on every rank
+    assert ranks[0]["read"] == 3 * 80 + 3 and ranks[0]["metrics"] == {"bad_samples": 3, "bad_samples/d": 3, "truncated_replies": 3}
+    assert ranks[0]["stopped"].startswith("datasets.d: 9 bad sample(s) of 251 read so far")

@@ -559,7 +559,10 @@ class RunnerBase:
         if os.path.exists(path):
             with open(path, encoding="utf-8") as fh:
                 for line in fh:
-                    record = json.loads(line) if line.strip() else {}
+                    try:
+                        record = json.loads(line) if line.strip() else {}
+                    except json.JSONDecodeError:
+                        continue  # a line a kill cut short
                     if record.get("phase") == "train" and int(record.get("step", 0)) <= self.global_step:
                         kept.append(line if line.endswith("\n") else line + "\n")
         if not build and not kept and not os.path.exists(path):

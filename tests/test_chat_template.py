@@ -397,7 +397,7 @@ def test_malformed_conversations_fail_when_the_dataset_is_built(tmp_path: Path) 
     for sid, convs in cases.items():
         path = tmp_path / f"{sid}.json"
         path.write_text(json.dumps([{"id": sid, "image": "a.png", "conversations": convs}]))
-        with pytest.raises(SampleError, match=rf"sample {sid}: .*\(in {re.escape(str(path))}\)"):
+        with pytest.raises(SampleError, match=rf"^{re.escape(str(path))}\[0\] \(id={sid}\): "):
             InstructionDataset(vis, text, str(tmp_path), [str(path)], parse_llava)
     with pytest.raises(SampleError, match=r"sample lit: 1 <\|image_pad\|> tokens but 0 image\(s\)"):
         text([{"role": "user", "content": "what is <|image_pad|>?"}, {"role": "assistant", "content": "x"}], num_images=0, sample_id="lit")

@@ -32,8 +32,9 @@ def test_missing_image_fails_before_the_model_is_built_without_a_traceback(tmp_p
     elapsed = time.time() - start
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr
-    assert "error: 2 image(s) named in" in err and str(tmp_path / "ann.json") in err
-    assert f"sample {json.loads((tmp_path / 'ann.json').read_text())[2]['id']}: {DEMO_DATA / 'images' / 'no_such_image.jpg'}" in err
+    ann = tmp_path / "ann.json"
+    assert f"error: 2 bad record(s) in {ann} (of 6); datasets.minigpt4_instruction.on_bad_sample=skip leaves them out:" in err
+    assert f"{ann}[2] (id={json.loads(ann.read_text())[2]['id']}): image not on disk: {DEMO_DATA / 'images' / 'no_such_image.jpg'}" in err
     assert "gone/also_missing.jpg" in err
     assert "Traceback" not in err
     assert "parameters:" not in err  # the model was never built
@@ -47,7 +48,7 @@ def test_data_errors_under_torchrun_are_clean_too(tmp_path: Path) -> None:
     cfg = _missing_image_config(tmp_path)
     proc = launch("train.py", ["--cfg-path", str(cfg)], nproc=2)
     assert proc.returncode != 0
-    assert "error (rank 0): 2 image(s) named in" in proc.stderr
+    assert "error (rank 0): 2 bad record(s) in" in proc.stderr
     # torchrun prints its own ChildFailedError summary; no frame of lavislite's appears
     assert f'File "{REPO / "lavislite"}' not in proc.stderr and "SampleError" not in proc.stderr
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -46,6 +46,12 @@ class ChatConfig:
     tokenizer: str = ""
     num_image_tokens: int = 0
     max_len: int = 512
+    # A training sample longer than max_len is cut at the end (cut); a reply
+    # that loses tokens to the cut (its <|im_end|> with them) is counted either
+    # way (truncated_replies in metrics.jsonl). drop_sample leaves such a sample
+    # out as a bad sample instead (reason in bad_samples.jsonl), whatever the
+    # dataset's on_bad_sample.
+    truncation: Literal["cut", "drop_sample"] = "cut"
     system_message: str = DEFAULT_SYSTEM_MESSAGE
     # Longest first: MiniGPT4Qwen writes "<Img><ImageHere></Img>", LLaVA "<image>".
     image_placeholders: list[str] = field(default_factory=lambda: ["<Img><ImageHere></Img>", "<ImageHere>", "<image>"])
@@ -207,8 +213,9 @@ class QwenChatProcessor(BaseProcessor):
             add_generation_prompt: end with an open assistant turn (for generation).
 
         Returns:
-            ``{"input_ids": list[int], "labels": list[int], "num_images": int, "first_image": int}``:
-            the images that kept their tokens are ``images[first_image : first_image + num_images]``
+            ``{"input_ids": list[int], "labels": list[int], "num_images": int, "first_image": int,
+            "truncated_reply": bool}``: ``truncated_reply`` says the cut at ``max_len`` removed
+            supervised tokens (a reply cut, its ``<|im_end|>`` lost, or a whole later reply); the images that kept their tokens are ``images[first_image : first_image + num_images]``
             (``kept_images`` picks them): a cut end drops the last images, dropped
             oldest turns the first ones.
 
@@ -223,8 +230,11 @@ class QwenChatProcessor(BaseProcessor):
         if add_generation_prompt:
             return self.fit_prompt(turns, num_images, sample_id)
         ids, labels = self.encode(turns, num_images, sample_id, add_generation_prompt=False)
+        full_labels = labels
         ids, labels, kept = self.truncate(ids, labels, num_images)
-        return {"input_ids": ids, "labels": labels, "num_images": kept, "first_image": 0}
+        # Supervised tokens past the cut: a reply that lost its end (<|im_end|>), so it would be learnt as never ending.
+        truncated_reply = any(t != IGNORE_INDEX for t in full_labels[len(labels) :])
+        return {"input_ids": ids, "labels": labels, "num_images": kept, "first_image": 0, "truncated_reply": truncated_reply}
 
     def encode(self, turns: list[dict[str, Any]], num_images: int, sample_id: str, add_generation_prompt: bool) -> tuple[list[int], list[int]]:
         """Renders and tokenizes a whole conversation: ``(input_ids, labels)``, nothing cut.

@@ -13,15 +13,33 @@ import torch
 
 from lavislite.processors.chat_processor import IGNORE_INDEX
 
+# Batch keys that carry data-quality facts from the workers to the runner, which
+# pops them before the forward (see ``lavislite.datasets.bad_samples``):
+# the records of samples left out (a list of dicts), and how many samples of
+# the batch had a reply cut by ``max_len`` (an int). Absent when there are none.
+BAD_SAMPLES_KEY = "bad_samples"
+TRUNCATED_KEY = "truncated"
+
 
 def _ids_and_images(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """The batch's sample ids, every image stacked in sample order (or None), and each sample's image count."""
+    """The batch's sample ids, every image stacked in sample order (or None), and each sample's image count.
+
+    Also the items' bad-sample records (``BAD_SAMPLES_KEY``) and their count of
+    cut replies (``TRUNCATED_KEY``), only when there are any.
+    """
     images = [b["image"] for b in batch if b.get("image") is not None]
-    return {
+    out: dict[str, Any] = {
         "ids": [b["id"] for b in batch],
         "image": torch.cat(images) if images else None,
         "num_images": [0 if b.get("image") is None else len(b["image"]) for b in batch],
     }
+    records = [r for b in batch for r in (b.get(BAD_SAMPLES_KEY) or [])]
+    if records:
+        out[BAD_SAMPLES_KEY] = records
+    truncated = sum(1 for b in batch if b.get(TRUNCATED_KEY))
+    if truncated:
+        out[TRUNCATED_KEY] = truncated
+    return out
 
 
 def collate_chat(batch: list[dict[str, Any]], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:

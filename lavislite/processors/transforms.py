@@ -8,13 +8,15 @@ a centre crop fallback), ``Resize`` and ``Normalize``.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import random
+from typing import IO, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -57,8 +59,34 @@ def normalize(t: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) 
     return (t - m) / s
 
 
+ImageSource = Union[str, "os.PathLike[str]", bytes, IO[bytes]]
+
+
+def load_image(source: ImageSource) -> Image.Image:
+    """Decodes an image fully into memory, upright (EXIF orientation applied), as RGB.
+
+    The one image loader of lavislite: JSON datasets (a file path or an opened
+    file), webdataset shards (a member's bytes) and chat all read images
+    through it, so a photo taken sideways with its EXIF ``Orientation`` tag
+    is trained on, and asked about, the way it is shown.
+
+    Args:
+        source: a path, the file's bytes, or a binary file object.
+
+    Raises:
+        OSError / ValueError: what PIL raises for data it cannot decode (a
+            truncated JPEG fails here, not later in a transform); callers name
+            the file or sample.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
+    with Image.open(source) as image:
+        # exif_transpose returns a copy (or the image itself when upright); convert() loads the pixels now.
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+
 def open_rgb_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Reads an image file fully into memory as RGB.
+    """Reads an image file fully into memory as RGB, upright (``load_image``).
 
     Raises:
         MissingFileError: no file at ``path``.
@@ -69,8 +97,6 @@ def open_rgb_image(path: str | os.PathLike[str]) -> Image.Image:
     if not os.path.isfile(path):
         raise MissingFileError(f"no image file at '{path}'")
     try:
-        # convert() loads the pixels now, so a truncated file fails here and the file is closed.
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        return load_image(path)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read image '{path}': {exc}") from exc

@@ -33,6 +33,7 @@ from lavislite.common.logger import JsonlWriter, logger
 from lavislite.common.optims import SchedulerArgs
 from lavislite.common.registry import registry
 from lavislite.common.schema import ConfigError
+from lavislite.datasets.bad_samples import BAD_SAMPLES_FILE, BAD_SAMPLES_KEY, DEFAULT_MAX_BAD_FRACTION, TRUNCATED_KEY, BadSampleTracker
 from lavislite.datasets.datasets.samplers import EpochShardSampler, LengthGroupedBatchSampler, PackingBatchSampler, SeededSamples, worker_init
 from lavislite.runners import checkpoints as ckpt
 from lavislite.runners.deepspeed_config import build_deepspeed_config, fill_deepspeed_config
@@ -192,6 +193,10 @@ class RunnerBase:
         self.best_metric: float | None = None
         self.nonfinite_steps = 0
         self.reference_batch: dict[str, Any] | None = None
+        # Bad samples (all ranks): counts and the max_bad_fraction check; a checkpoint keeps the counts.
+        limits = {str(name): float(ds.get("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION)) for name, ds in (cfg.datasets_cfg or {}).items()}
+        self.bad_tracker = BadSampleTracker(limits=limits)
+        self.bad_writer: JsonlWriter | None = None
 
     # -- set-up, in order -------------------------------------------------------
     def setup(self) -> None:
@@ -200,6 +205,7 @@ class RunnerBase:
         self.setup_engine()
         self.setup_writers()
         self.setup_resume()
+        self.setup_bad_samples()
         self.n_epochs = self.plan_epochs()  # after the resume: counted from where training stands
 
     def setup_output_dir(self) -> None:
@@ -470,6 +476,7 @@ class RunnerBase:
             except StopIteration:
                 break
             step_info["data_wait"] += time.perf_counter() - wait_start
+            self.take_bad_samples(samples, epoch)
             in_window += 1
             boundary = in_window == accum
             if boundary != self.engine.is_gradient_accumulation_boundary():
@@ -527,6 +534,86 @@ class RunnerBase:
             return
         self.save_checkpoint(f"step_{self.global_step}", next_epoch=epoch, next_batch=next_batch)
 
+    # -- bad samples -----------------------------------------------------------------------
+    def setup_bad_samples(self) -> None:
+        """Opens ``bad_samples.jsonl`` (rank 0) and writes the records the datasets left out when built.
+
+        A resumed run rewrites the file first: it keeps the training records up
+        to the checkpoint's step (those after it are read again and written
+        again) and replaces the build records by this build's, so the file
+        lists each skip once, as the uninterrupted run's does.
+        """
+        import json
+
+        build = [
+            {**record.to_dict(), "split": split, "phase": "build"}
+            for by_split in self.datasets.values()
+            for split, dataset in by_split.items()
+            for record in getattr(dataset, "bad_records", None) or []
+        ]
+        self.bad_tracker.add_build(build)
+        if not dist_utils.is_main_process():
+            return
+        path = os.path.join(self.output_dir, BAD_SAMPLES_FILE)
+        kept: list[str] = []
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        record = json.loads(line) if line.strip() else {}
+                    except json.JSONDecodeError:
+                        continue  # a line a kill cut short
+                    if record.get("phase") == "train" and int(record.get("step", 0)) <= self.global_step:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+        if not build and not kept and not os.path.exists(path):
+            # No file until something is skipped (the writer opens on the first record).
+            return
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in build)
+            fh.writelines(kept)
+        os.replace(tmp, path)
+        self.bad_writer = JsonlWriter(path)
+        if build:
+            logger.info("%d record(s) left out when the datasets were built are listed in %s", len(build), path)
+
+    def take_bad_samples(self, samples: dict[str, Any], epoch: int) -> None:
+        """Pops a batch's bad-sample records and cut-reply count before the forward; counts and checks them.
+
+        Every rank sums the counts (one small all-reduce per micro-batch) and,
+        when any rank skipped a sample, gathers every rank's records; rank 0
+        appends them to ``bad_samples.jsonl`` (with ``step``, ``epoch``,
+        ``rank``) and logs the first ones. Each rank then checks
+        ``max_bad_fraction`` on the same numbers, so all stop together.
+
+        Raises:
+            BadSampleLimitError: past a dataset's ``max_bad_fraction`` (after the records are written).
+        """
+        records = list(samples.pop(BAD_SAMPLES_KEY, None) or [])
+        truncated = int(samples.pop(TRUNCATED_KEY, 0) or 0)
+        trained = len(samples["ids"]) if "ids" in samples else len(samples["input_ids"])
+        rank = dist_utils.get_rank()
+        records = [{**r, "phase": "train", "step": self.global_step + 1, "epoch": epoch, "rank": rank} for r in records]
+        if dist_utils.get_world_size() > 1:
+            counts = dist_utils.all_reduce_sum(torch.tensor([len(records), trained, truncated], dtype=torch.float64))
+            n_bad, trained, truncated = (int(x) for x in counts.tolist())
+            if n_bad:
+                records = [r for per_rank in dist_utils.all_gather_object(records) for r in per_rank]
+        if records and dist_utils.is_main_process():
+            if self.bad_writer is None:
+                self.bad_writer = JsonlWriter(os.path.join(self.output_dir, BAD_SAMPLES_FILE))
+            for r in records:
+                self.bad_writer.write(r)
+                if self.bad_tracker.bad < 20:
+                    logger.warning("skipped bad sample (%s) %s key %s: %s", r.get("dataset"), r.get("source"), r.get("key"), r.get("reason"))
+        if truncated and self.bad_tracker.truncated == 0 and dist_utils.is_main_process():
+            logger.warning(
+                "a training reply was cut by the text processor's max_len (its <|im_end|> lost): counted as truncated_replies in %s; "
+                "raise max_len, or set truncation: drop_sample on the text processor to leave such samples out",
+                "metrics.jsonl",
+            )
+        self.bad_tracker.update(records, trained, truncated)
+
     def forward_backward(self, samples: dict[str, Any]) -> float | None:
         """One micro-batch; returns its loss, or None when a non-finite loss was skipped.
 
@@ -579,6 +666,7 @@ class RunnerBase:
             "tokens_per_sec": real / max(elapsed, 1e-9),
             "real_token_fraction": real / max(padded, 1),
             "nonfinite_skipped": self.nonfinite_steps,
+            **self.bad_tracker.metrics(),  # cumulative, all ranks
         }
         if dist_utils.is_main_process():
             loss_text = "n/a (skipped)" if record["loss"] is None else f"{record['loss']:.4f}"
@@ -747,6 +835,7 @@ class RunnerBase:
             "global_step": self.global_step,
             "best_metric": self.best_metric,
             "nonfinite_steps": self.nonfinite_steps,
+            "bad_samples": self.bad_tracker.state(),
             **layout,
             "batches_per_epoch": self.batches_per_epoch,
             "train_samples": len(self.train_set),
@@ -835,6 +924,7 @@ class RunnerBase:
         # An older run may have stored a NaN best, which nothing could ever beat.
         self.best_metric = float(best) if best is not None and math.isfinite(float(best)) else None
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
+        self.bad_tracker.load_state(state.get("bad_samples"))
         rng_path = ckpt.rng_file(path, dist_utils.get_rank())
         if os.path.exists(rng_path):
             ckpt.set_rng_state(torch.load(rng_path, weights_only=True))
@@ -895,6 +985,9 @@ class RunnerBase:
             )
 
     def close(self) -> None:
+        if self.bad_writer is not None:
+            self.bad_writer.close()
+            self.bad_writer = None
         if self.metrics is not None:
             self.metrics.close()
         if self.tb is not None:

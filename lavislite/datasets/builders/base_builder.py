@@ -8,6 +8,7 @@ register it with ``@registry.register_builder("name")`` and import the module
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from lavislite.common.logger import logger
 from lavislite.common.errors import MissingFileError
 from lavislite.common.registry import RegistryError, registry
 from lavislite.common.utils import as_list, resolve_data_path
+from lavislite.datasets.bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSamplePolicy, OnBadSample
 from lavislite.processors.blip_processors import build_processor
 
 
@@ -48,6 +50,22 @@ class BuilderConfig:
     build_info: BuildInfo = field(default_factory=BuildInfo)
     vis_processor: dict[str, dict[str, Any]] = field(default_factory=dict)
     text_processor: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A sample that cannot be used (a malformed record, a missing or undecodable
+    # image): error stops naming its file and index; skip leaves it out, lists
+    # it in bad_samples.jsonl and counts it (bad_samples in metrics.jsonl).
+    # JSON sets default to error; streaming builders override the default to skip.
+    on_bad_sample: OnBadSample = "error"
+    # With skip: more bad samples than this share of those read stops the run
+    # (taken over at least 1 / max_bad_fraction samples; 0 tolerates none).
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
+
+    @staticmethod
+    def check_section(data: dict[str, Any]) -> list[str]:
+        """Cross-key rules of a dataset section (messages relative to it)."""
+        value = data.get("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION)
+        if not 0.0 <= float(value) <= 1.0:
+            return [f"max_bad_fraction: must be between 0 and 1, got {value}"]
+        return []
 
 
 class BaseDatasetBuilder:
@@ -78,6 +96,12 @@ class BaseDatasetBuilder:
         self.context = dict(context or {})
         self.vis_processors: dict[str, Any] = {}
         self.text_processors: dict[str, Any] = {}
+
+    def bad_sample_policy(self) -> BadSamplePolicy:
+        """The dataset's ``on_bad_sample`` / ``max_bad_fraction``, with its name for records and messages."""
+        default = self.Config.__dataclass_fields__.get("on_bad_sample")  # type: ignore[attr-defined]
+        on_bad = self.config.get("on_bad_sample", default.default if default is not None else "error")
+        return BadSamplePolicy(self.name, str(on_bad), float(self.config.get("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION)))
 
     @classmethod
     def registered_name(cls) -> str:
@@ -130,16 +154,27 @@ class BaseDatasetBuilder:
             dataset_cls = self.train_dataset_cls if is_train else (self.eval_dataset_cls or self.train_dataset_cls)
             if dataset_cls is None:
                 raise TypeError(f"builder {type(self).__name__} sets no dataset class for split '{split}'")
-            datasets[split] = self.make_dataset(
-                dataset_cls,
-                vis_processor=self.vis_processors.get(key),
-                text_processor=self.text_processors.get(key),
-                vis_root=vis_root,
-                ann_paths=paths,
-            )
+            kwargs: dict[str, Any] = {
+                "vis_processor": self.vis_processors.get(key),
+                "text_processor": self.text_processors.get(key),
+                "vis_root": vis_root,
+                "ann_paths": paths,
+            }
+            if _accepts(dataset_cls, "bad_samples"):  # a user's own Dataset class may not take the policy
+                kwargs["bad_samples"] = self.bad_sample_policy()
+            datasets[split] = self.make_dataset(dataset_cls, **kwargs)
             logger.info("dataset %s/%s: %d samples", self.name, split, len(datasets[split]))  # type: ignore[arg-type]
         return datasets
 
     def make_dataset(self, dataset_cls: type, **kwargs: Any) -> Dataset:
         """Instantiates one split; override to pass format-specific arguments."""
         return dataset_cls(**kwargs)
+
+
+def _accepts(cls: type, name: str) -> bool:
+    """Whether ``cls(...)`` takes the keyword ``name``."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

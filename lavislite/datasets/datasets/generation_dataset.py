@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
+from lavislite.datasets.bad_samples import BadSamplePolicy, BadSampleRecord, BuildProblems
 from lavislite.datasets.datasets.instruction_dataset import check_images_exist, load_image_tensor
 from lavislite.processors.chat_processor import SampleError, kept_images
 from lavislite.processors.collate import collate_chat
@@ -61,6 +62,14 @@ class GenerationDataset(Dataset):
         vis_root: folder the image paths are relative to.
         ann_paths: annotation files.
         read: reads the annotation files into ``PromptSample`` s.
+        bad_samples: the dataset's policy (default ``error``).
+        problems: problems ``read`` collected (the builder's ``BuildProblems``), settled here with the rest.
+
+    Every record is checked when the set is built and the problems are settled
+    together (``BuildProblems``: ``error`` raises them all, ``skip`` leaves
+    those records out, so they are not scored). An image that fails to decode
+    during evaluation always raises, naming the sample: a scored split must
+    not quietly lose samples.
     """
 
     def __init__(
@@ -70,17 +79,29 @@ class GenerationDataset(Dataset):
         vis_root: str,
         ann_paths: list[str],
         read: Callable[[list[str]], list[PromptSample]],
+        bad_samples: BadSamplePolicy | None = None,
+        problems: BuildProblems | None = None,
     ) -> None:
         self.vis_processor = vis_processor
         self.text_processor = text_processor
         self.vis_root = vis_root
-        self.samples = read(ann_paths)
-        require_unique_ids(self.samples, ann_paths)
-        for s in self.samples:
+        self.policy = bad_samples or (problems.policy if problems is not None else BadSamplePolicy())
+        problems = problems if problems is not None else BuildProblems(self.policy)
+        problems.policy = self.policy
+        samples = read(ann_paths)
+        total = len(samples) + len(problems)
+        require_unique_ids(samples, ann_paths)
+        fine = []
+        for s in samples:
             found = text_processor.count_placeholders(s.prompt)
             if found != len(s.images):
-                raise SampleError(f"sample {s.id}: {found} image placeholder(s) in the prompt but {len(s.images)} image(s) (in {', '.join(ann_paths)})")
-        check_images_exist(self.samples, vis_root, ann_paths)  # type: ignore[arg-type]
+                where = s.where or f"sample {s.id}"
+                problems.add(where, f"{where}: {found} image placeholder(s) in the prompt but {len(s.images)} image(s)")
+            else:
+                fine.append(s)
+        missing = check_images_exist(fine, vis_root, ann_paths, problems=problems)  # type: ignore[arg-type]
+        self.bad_records: list[BadSampleRecord] = problems.settle(total, ann_paths)
+        self.samples = [s for k, s in enumerate(fine) if k not in missing]
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -8,6 +8,7 @@ register it with ``@registry.register_builder("name")`` and import the module
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,6 +49,19 @@ class BuilderConfig:
     build_info: BuildInfo = field(default_factory=BuildInfo)
     vis_processor: dict[str, dict[str, Any]] = field(default_factory=dict)
     text_processor: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Mixing (LAVIS's key): this dataset's weight among the run's training sets, a
+    # positive number (3 and 1: three draws of this set for one of the other).
+    # Set on every training set or on none (none: the sets are concatenated).
+    # See runner_base.RunnerBase.setup_dataloader and samplers.MixturePlan.
+    sample_ratio: float | None = None
+
+    @staticmethod
+    def check_section(data: dict[str, Any]) -> list[str]:
+        """Cross-key rules of one dataset section (messages relative to ``datasets.<name>``)."""
+        ratio = data.get("sample_ratio")
+        if ratio is not None and not (ratio > 0 and math.isfinite(ratio)):
+            return [f"sample_ratio: must be a positive number, got {ratio}"]
+        return []
 
 
 class BaseDatasetBuilder:

@@ -166,33 +166,33 @@ class RecordsMixedIds(RunnerBase):
 
 @pytest.mark.slow
 def test_two_processes_log_the_samples_seen_per_dataset_and_resume_mid_epoch_exactly(tmp_path: Path) -> None:
-    """2 processes x batch 4, 48 draws per epoch (6 steps), 9 steps; a resume from step 4 (mid epoch 0) into a new folder."""
+    """2 processes x batch 4, 24 draws per epoch (3 steps), 5 steps; a resume from step 2 (mid epoch 0) into a new folder."""
     recorder = tmp_path / "recorder.py"
     recorder.write_text(RECORDER)
     common = [
-        *SMALL, *RATIOS, "run.batch_size_train=4", "run.samples_per_epoch=48", "run.max_steps=9", "run.log_freq=1",
-        "run.num_workers=0", "run.save_freq_steps=4", "run.runner=records_mixed_ids", f"run.imports=[{recorder}]", f"run.output_dir={tmp_path}",
+        *SMALL, *RATIOS, "run.batch_size_train=4", "run.samples_per_epoch=24", "run.max_steps=5", "run.log_freq=1",
+        "run.num_workers=0", "run.save_freq_steps=2", "run.runner=records_mixed_ids", f"run.imports=[{recorder}]", f"run.output_dir={tmp_path}",
     ]
     full = launch("train.py", ["--cfg-path", DEMO, "--options", *common, "run.job_id=full"], nproc=2)
     assert full.returncode == 0, full.stderr[-3000:]
-    assert "mixing minigpt4_instruction 1, llava_instruction 3: 48 draws per epoch (minigpt4_instruction 12 of 60, llava_instruction 36 of 60)" in full.stderr
-    ckpt = tmp_path / "full" / "checkpoints" / "step_4"
+    assert "mixing minigpt4_instruction 1, llava_instruction 3: 24 draws per epoch (minigpt4_instruction 6 of 60, llava_instruction 18 of 60)" in full.stderr
+    ckpt = tmp_path / "full" / "checkpoints" / "step_2"
     resumed = launch("train.py", ["--cfg-path", DEMO, "--options", *common, "run.job_id=resumed", f"run.resume_ckpt_path={ckpt}"], nproc=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     reference = {r["step"]: r for r in metrics(tmp_path / "full")}
-    assert sorted(reference) == list(range(1, 10))
+    assert sorted(reference) == list(range(1, 6))
     # samples_seen: what the ranks' batches really held, summed over both ranks, cumulative.
     seen = Counter()
     steps = [{r["step"]: r["ids"] for r in map(json.loads, (tmp_path / "full" / f"ids_rank{k}.jsonl").read_text().splitlines())} for k in (0, 1)]
-    for step in range(1, 10):
+    for step in range(1, 6):
         seen.update("llava_instruction" if i.startswith("llava_") else "minigpt4_instruction" for rank in steps for i in rank[step])
         assert reference[step]["samples_seen"] == dict(seen), step
-    assert reference[6]["samples_seen"] == {"minigpt4_instruction": 12, "llava_instruction": 36}  # epoch 0 ends: exactly 1:3
-    assert json.loads((tmp_path / "full" / "checkpoints" / "step_4" / "trainer_state.json").read_text())["samples_seen"] == reference[4]["samples_seen"]
+    assert reference[3]["samples_seen"] == {"minigpt4_instruction": 6, "llava_instruction": 18}  # epoch 0 ends: exactly 1:3
+    assert json.loads((tmp_path / "full" / "checkpoints" / "step_2" / "trainer_state.json").read_text())["samples_seen"] == reference[2]["samples_seen"]
 
     after = {r["step"]: r for r in metrics(tmp_path / "resumed")}
-    assert sorted(after) == list(range(5, 10))
-    for step in range(5, 10):
+    assert sorted(after) == list(range(3, 6))
+    for step in range(3, 6):
         assert abs(after[step]["loss"] - reference[step]["loss"]) <= 1e-6, (step, after[step], reference[step])
         assert after[step]["samples_seen"] == reference[step]["samples_seen"], step  # cumulative over the resume

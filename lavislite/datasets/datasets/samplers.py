@@ -17,7 +17,7 @@ import hashlib
 import math
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -445,8 +445,9 @@ class MixturePlan:
         self.seed = seed
         self.quota = apportion(self.samples_per_epoch, self.ratios)
         self._cache: dict[str, tuple[int, torch.Tensor]] = {}
+        self._heads: dict[tuple[int, int], list[int]] = {}
 
-    def _cached(self, what: str, epoch: int, make: Any) -> torch.Tensor:
+    def _cached(self, what: str, epoch: int, make: Callable[[int], torch.Tensor]) -> torch.Tensor:
         # One epoch at a time (the loop's current one): plans of long epochs are not kept.
         hit = self._cache.get(what)
         if hit is None or hit[0] != epoch:
@@ -510,11 +511,14 @@ class MixturePlan:
                 accumulation window: then its first ``per_epoch`` draws).
         """
         per_epoch = self.samples_per_epoch if per_epoch is None else per_epoch
-        whole = self.counts(0, 0, per_epoch) if per_epoch >= self.samples_per_epoch else None
         total = [0] * len(self.quota)
         for e in range(epoch):
-            part = whole if whole is not None else self.counts(e, 0, per_epoch)
-            total = [a + b for a, b in zip(total, part)]
+            # An earlier epoch's head counts are kept (a few ints each): a log call late in a
+            # long run does not redraw every earlier epoch's sequence.
+            key = (e, per_epoch)
+            if key not in self._heads:
+                self._heads[key] = self.counts(e, 0, per_epoch)
+            total = [a + b for a, b in zip(total, self._heads[key])]
         return [a + b for a, b in zip(total, self.counts(epoch, 0, draw))]
 
 

@@ -286,6 +286,43 @@ def split_problems(run: dict[str, Any], datasets: dict[str, dict[str, Any]], pur
     return problems
 
 
+def mixing_problems(run: dict[str, Any], datasets: dict[str, dict[str, Any]]) -> list[str]:
+    """The rules of mixing by ``datasets.<name>.sample_ratio``, across sections.
+
+    Every training set (a dataset with a split in ``run.train_splits``) has a
+    ratio or none has (a set without one has no share to draw by); a ratio on a
+    set that is never trained on is a mistake; ``run.samples_per_epoch`` is
+    only read when mixing; mixing and ``run.group_by_length`` / ``run.packing``
+    do not combine (those plan an epoch from every sample's length, the
+    mixture draws by ratio).
+    """
+    train_splits = set(run.get("train_splits") or [])
+    training = [n for n, ds in datasets.items() if train_splits & set(registry.get_builder_class(n).split_names(ds))]
+    with_ratio = [n for n, ds in datasets.items() if ds.get("sample_ratio") is not None]
+    problems = [
+        f"datasets.{n}.sample_ratio: {n} has no split of run.train_splits ({', '.join(sorted(train_splits)) or 'none'}), so it is never drawn; remove the key"
+        for n in with_ratio
+        if n not in training
+    ]
+    mixing = [n for n in training if n in with_ratio]
+    without = [n for n in training if n not in with_ratio]
+    if mixing and without:
+        problems.append(
+            f"datasets.<name>.sample_ratio: set on {', '.join(mixing)} but not on {', '.join(without)}; "
+            "mixing weighs every training set, so give each one a sample_ratio (or remove it from all to concatenate them)"
+        )
+    if mixing:
+        for key in ("group_by_length", "packing"):
+            if run.get(key):
+                problems.append(
+                    f"run.{key}: does not combine with mixing (datasets.{'/'.join(mixing)}.sample_ratio): "
+                    f"set run.{key}=false, or remove sample_ratio to concatenate the sets"
+                )
+    elif run.get("samples_per_epoch") is not None:
+        problems.append("run.samples_per_epoch: only used when mixing (datasets.<name>.sample_ratio on every training set); remove it")
+    return problems
+
+
 def known_key_paths(user: DictConfig, task_cls: type | None, runner_cls: type | None) -> list[str]:
     """Every key path the run config could hold: the arch's model schema, the builders' and the run schema.
 
@@ -391,6 +428,8 @@ def build_config(user: DictConfig, source: str = "", purpose: str | None = None)
             problems.extend(exc.problems)
     if purpose and merged["run"] is not None and not problems:
         problems.extend(split_problems(merged["run"], merged["datasets"], purpose))
+    if purpose != "evaluate" and merged["run"] is not None and not problems:
+        problems.extend(mixing_problems(merged["run"], merged["datasets"]))
     if problems:
         if any(": unknown key" in p for p in problems):
             known = known_key_paths(user, task_cls, runner_cls)

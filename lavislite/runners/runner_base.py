@@ -34,7 +34,14 @@ from lavislite.common.optims import SchedulerArgs
 from lavislite.common.registry import registry
 from lavislite.common.schema import ConfigError
 from lavislite.datasets.bad_samples import BAD_SAMPLES_FILE, BAD_SAMPLES_KEY, DEFAULT_MAX_BAD_FRACTION, TRUNCATED_KEY, BadSampleTracker
-from lavislite.datasets.datasets.samplers import EpochShardSampler, LengthGroupedBatchSampler, PackingBatchSampler, SeededSamples, worker_init
+from lavislite.datasets.datasets.samplers import (
+    EpochShardSampler,
+    LengthGroupedBatchSampler,
+    MixtureSampler,
+    PackingBatchSampler,
+    SeededSamples,
+    worker_init,
+)
 from lavislite.runners import checkpoints as ckpt
 from lavislite.runners.deepspeed_config import build_deepspeed_config, fill_deepspeed_config
 
@@ -88,6 +95,10 @@ class RunnerConfig:
     packing: bool = False
     packing_max_len: int | None = None
     packing_window: int = 1000
+    # Mixing (datasets.<name>.sample_ratio on every training set): draws per epoch,
+    # all ranks together (default: the training sets' total sample count). Only
+    # with sample_ratio; runner_iter's data passes are this long too.
+    samples_per_epoch: int | None = None
     train_splits: list[str] = field(default_factory=lambda: ["train"])
     # validation every val_freq epochs (best weights by agg_metrics); test splits at the end, with the best weights
     valid_splits: list[str] = field(default_factory=list)
@@ -117,6 +128,8 @@ class RunnerConfig:
                 problems.append(f"{key}: must be at least 1, got {data[key]}")
         if data["packing_max_len"] is not None and data["packing_max_len"] < 1:
             problems.append(f"packing_max_len: must be at least 1, got {data['packing_max_len']}")
+        if data["samples_per_epoch"] is not None and data["samples_per_epoch"] < 1:
+            problems.append(f"samples_per_epoch: must be at least 1, got {data['samples_per_epoch']}")
         if data["packing_window"] < 1:
             problems.append(f"packing_window: must be at least 1, got {data['packing_window']}")
         if problems:
@@ -197,6 +210,8 @@ class RunnerBase:
         limits = {str(name): float(ds.get("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION)) for name, ds in (cfg.datasets_cfg or {}).items()}
         self.bad_tracker = BadSampleTracker(limits=limits)
         self.bad_writer: JsonlWriter | None = None
+        self.mixture: list[tuple[str, int, float]] = []  # mixing: (dataset, size, sample_ratio) per training set
+        self.seen_at_resume: tuple[int, int, dict[str, int]] | None = None  # (epoch, batch, samples_seen) of the checkpoint
 
     # -- set-up, in order -------------------------------------------------------
     def setup(self) -> None:
@@ -227,13 +242,17 @@ class RunnerBase:
         collate = splits[0].collater  # every instruction dataset shares the chat collater
         self.train_set = splits[0] if len(splits) == 1 else ConcatDataset(splits)
         world, rank = dist_utils.get_world_size(), dist_utils.get_rank()
-        self.sampler: EpochShardSampler | LengthGroupedBatchSampler | PackingBatchSampler
+        self.sampler: EpochShardSampler | LengthGroupedBatchSampler | PackingBatchSampler | MixtureSampler
         batching: dict[str, Any]
         if self.run.packing and self.run.group_by_length:
             raise ConfigError(
                 ["run.packing and run.group_by_length are both true: packing already puts rows of similar length together; choose one"]
             )
-        if self.run.packing:
+        self.mixture = self.mixture_sources()
+        if self.mixture:
+            self.sampler = self.mixture_sampler(world, rank)
+            batching = {"batch_size": self.run.batch_size_train, "sampler": self.sampler, "drop_last": True}
+        elif self.run.packing:
             self.sampler, collate = self.packing_sampler(splits, world, rank)
             batching = {"batch_sampler": self.sampler}
         elif self.run.group_by_length:
@@ -261,7 +280,7 @@ class RunnerBase:
             raise ConfigError(
                 [
                     f"run.accum_grad_iters = {accum} but an epoch has only {batches} batch(es) per process "
-                    f"({len(self.train_set)} samples / ({self.run.batch_size_train} per batch x {world} process(es))): "
+                    f"({self.sampler.per_rank() * world} samples / ({self.run.batch_size_train} per batch x {world} process(es))): "
                     "no optimizer step would run; lower accum_grad_iters or batch_size_train"
                 ]
             )
@@ -272,6 +291,64 @@ class RunnerBase:
         self.batches_per_epoch = self.steps_per_epoch * accum
         if self.batches_per_epoch < batches:
             logger.info("the last %d batch(es) of each epoch are dropped (a partial accumulation window)", batches - self.batches_per_epoch)
+
+    def mixture_sources(self) -> list[tuple[str, int, float]]:
+        """``(dataset name, training samples, sample_ratio)`` per training set when mixing, else ``[]``.
+
+        A source is one dataset, its ``run.train_splits`` together, in the
+        training concatenation's order. The config check (``mixing_problems``)
+        already ensured every training set has a ratio or none has.
+        """
+        sources = []
+        for name, by_split in self.datasets.items():
+            size = sum(len(by_split[s]) for s in self.run.train_splits if s in by_split)  # type: ignore[arg-type]
+            ratio = (self.cfg.datasets_cfg.get(name) or {}).get("sample_ratio")
+            if any(s in by_split for s in self.run.train_splits) and ratio is not None:
+                sources.append((name, size, float(ratio)))
+        return sources
+
+    def mixture_sampler(self, world: int, rank: int) -> MixtureSampler:
+        """Mixing by ``sample_ratio``: an epoch is ``run.samples_per_epoch`` draws (default: every training set's size summed)."""
+        if self.run.packing or self.run.group_by_length:  # the config check refuses this first; a runner built by hand too
+            raise ConfigError(["run.packing / run.group_by_length: do not combine with mixing (datasets.<name>.sample_ratio)"])
+        sizes = [n for _, n, _ in self.mixture]
+        per_epoch = self.run.samples_per_epoch or sum(sizes)
+        sampler = MixtureSampler(sizes, [r for _, _, r in self.mixture], per_epoch, num_replicas=world, rank=rank, seed=self.run.seed)
+        logger.info(
+            "mixing %s: %d draws per epoch (%s)",
+            ", ".join(f"{name} {ratio:g}" for name, _, ratio in self.mixture),
+            per_epoch,
+            ", ".join(
+                f"{name} {q} of {n}{' with replacement' if q > n else ''}" for (name, n, _), q in zip(self.mixture, sampler.plan.quota)
+            ),
+        )
+        return sampler
+
+    def samples_seen(self, epoch: int, batch: int) -> dict[str, int]:
+        """Samples drawn per dataset from the start of training up to batch ``batch`` of ``epoch``, all ranks together.
+
+        Counted from the mixture's plan (the draws of the trained batches; a
+        completed epoch contributes its ``batches_per_epoch`` batches), so it
+        needs no gathering and continues across a resume.
+        """
+        per_batch = self.run.batch_size_train * dist_utils.get_world_size()
+        plan = self.sampler.plan  # type: ignore[union-attr]
+
+        def consumed(e: int, b: int) -> list[int]:
+            return plan.consumed(e, b * per_batch, per_epoch=self.batches_per_epoch * per_batch)
+
+        counts = consumed(epoch, batch)
+        if self.seen_at_resume is not None:
+            # The checkpoint's counts, plus the draws since (in this run's layout).
+            base_epoch, base_batch, base = self.seen_at_resume
+            counts = [base.get(name, 0) + c - c0 for (name, _, _), c, c0 in zip(self.mixture, counts, consumed(base_epoch, base_batch))]
+        return {name: int(c) for (name, _, _), c in zip(self.mixture, counts)}
+
+    def mixing_key(self) -> dict[str, Any] | None:
+        """What the mixture's sequence depends on besides the seed (``sample_ratio`` per set, draws per epoch), or None."""
+        if not self.mixture:
+            return None
+        return {"sample_ratio": {name: ratio for name, _, ratio in self.mixture}, "samples_per_epoch": self.sampler.plan.samples_per_epoch}  # type: ignore[union-attr]
 
     def train_token_lengths(self) -> list[tuple[int, int]]:
         """``(tokens, images)`` of every training sample, in the training set's order (``run.group_by_length``).
@@ -668,6 +745,9 @@ class RunnerBase:
             "nonfinite_skipped": self.nonfinite_steps,
             **self.bad_tracker.metrics(),  # cumulative, all ranks
         }
+        if self.mixture:
+            # Samples drawn per dataset since the run began (all ranks; cumulative over resumes).
+            record["samples_seen"] = self.samples_seen(epoch, self.next_batch)
         if dist_utils.is_main_process():
             loss_text = "n/a (skipped)" if record["loss"] is None else f"{record['loss']:.4f}"
             logger.info(
@@ -675,6 +755,7 @@ class RunnerBase:
                 epoch, self.global_step, self.max_steps, loss_text, record["lr"], record["samples_per_sec"], record["tokens_per_sec"],
             )
             scalars = {k: record[k] for k in ("loss", "lr", "samples_per_sec", "tokens_per_sec") if record[k] is not None}
+            scalars.update({f"samples_seen/{name}": float(n) for name, n in record.get("samples_seen", {}).items()})
             self._write_record(record, "train", scalars)
         return record
 
@@ -842,6 +923,8 @@ class RunnerBase:
             "group_by_length": bool(self.run.group_by_length),  # grouped positions convert only within one layout
             # What the packed plan depends on besides the layout (None: not packed).
             "packing": self.packing_key(),
+            # Mixing: what the sequence depends on, and the samples drawn per dataset so far.
+            **({"mixing": self.mixing_key(), "samples_seen": self.samples_seen(next_epoch, next_batch)} if self.mixture else {}),
         }
 
     def packing_key(self) -> dict[str, int] | None:
@@ -914,6 +997,13 @@ class RunnerBase:
         if loaded is None:
             raise MissingFileError(f"run.resume_ckpt_path: no DeepSpeed checkpoint at {path}")
         self.start_epoch, self.start_batch = int(state["epoch"]), start_batch
+        if self.mixture:
+            if state.get("mixing") != self.mixing_key() and int(state["batch"]) > 0:
+                logger.warning(
+                    "%s was written with mixing %s, this run mixes %s: the resumed epoch's draws are not the same",
+                    path, state.get("mixing"), self.mixing_key(),
+                )
+            self.seen_at_resume = (self.start_epoch, start_batch, dict(state.get("samples_seen") or {}))
         if any(int(state.get(k, now[k])) != now[k] for k in ckpt.LAYOUT_KEYS):
             logger.info(
                 "%s: batch %d of epoch %d in the checkpoint's batches is batch %d of %d x %d process(es) (the same sample)",

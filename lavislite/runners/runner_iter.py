@@ -167,8 +167,6 @@ class RunnerIter(RunnerBase):
         )
         per_pass = self.batches_per_epoch
         for k, samples in enumerate(self.train_loader, start=start):
-            if samples.get("bad_samples"):
-                logger.warning("%d bad sample(s) left out of a batch: %s", len(samples["bad_samples"]), samples["bad_samples"][0]["reason"])
             self.position = divmod(k + 1, per_pass)
             epoch, index = divmod(k, per_pass)
             yield epoch, index, samples

@@ -9,6 +9,7 @@ register it with ``@registry.register_builder("name")`` and import the module
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -58,14 +59,23 @@ class BuilderConfig:
     # With skip: more bad samples than this share of those read stops the run
     # (taken over at least 1 / max_bad_fraction samples; 0 tolerates none).
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
+    # Mixing (LAVIS's key): this dataset's weight among the run's training sets, a
+    # positive number (3 and 1: three draws of this set for one of the other).
+    # Set on every training set or on none (none: the sets are concatenated).
+    # See runner_base.RunnerBase.setup_dataloader and samplers.MixturePlan.
+    sample_ratio: float | None = None
 
     @staticmethod
     def check_section(data: dict[str, Any]) -> list[str]:
-        """Cross-key rules of a dataset section (messages relative to it)."""
+        """Cross-key rules of one dataset section (messages relative to ``datasets.<name>``)."""
+        problems = []
         value = data.get("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION)
         if not 0.0 <= float(value) <= 1.0:
-            return [f"max_bad_fraction: must be between 0 and 1, got {value}"]
-        return []
+            problems.append(f"max_bad_fraction: must be between 0 and 1, got {value}")
+        ratio = data.get("sample_ratio")
+        if ratio is not None and not (ratio > 0 and math.isfinite(ratio)):
+            problems.append(f"sample_ratio: must be a positive number, got {ratio}")
+        return problems
 
 
 class BaseDatasetBuilder:

@@ -42,7 +42,7 @@ class StreamBuilderConfig(BuilderConfig):
     @staticmethod
     def check_section(data: dict[str, Any]) -> list[str]:
         info = data["build_info"]
-        problems = []
+        problems = BuilderConfig.check_section(data)  # max_bad_fraction, sample_ratio
         if not info["shards"]:
             problems.append("build_info.shards: required (a brace pattern like /data/cc3m/{00000..00331}.tar, or a list)")
         if info["samples_per_epoch"] is not None and info["samples_per_epoch"] < 1:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -379,3 +380,202 @@ def worker_init(worker_id: int) -> None:
     """
     if os.environ.get("LAVISLITE_THREADS") != "torch":
         torch.set_num_threads(1)
+
+
+def _mix_seed(seed: int, epoch: int, what: str) -> int:
+    """A 63-bit seed for one of the mixture's random streams (``what`` names it)."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:mix:{what}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def apportion(total: int, weights: Sequence[float]) -> list[int]:
+    """Splits ``total`` into integer shares proportional to ``weights`` (largest remainder; ties to the earlier source)."""
+    weight_sum = float(sum(weights))
+    exact = [total * w / weight_sum for w in weights]
+    counts = [int(math.floor(x)) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda s: (-(exact[s] - counts[s]), s))
+    for s in by_remainder[: total - sum(counts)]:
+        counts[s] += 1
+    return counts
+
+
+class MixturePlan:
+    """The seeded draw sequence of a weighted mixture of sources, epoch by epoch (no data touched).
+
+    This is the interface between mixing and the sources, whatever they are
+    (a map-style JSON set, a stream of shards):
+
+    - An epoch of the mixture is ``samples_per_epoch`` draws. Source ``s`` gets
+      exactly ``quota[s] = apportion(samples_per_epoch, ratios)[s]`` of them
+      (largest remainder), in an order that is a seeded permutation of that
+      multiset: ``sources(epoch)`` is the epoch's sequence of source ids, a
+      function of ``(seed, epoch, ratios, samples_per_epoch)`` only.
+    - Each draw also has its per-source position: the ``j``-th draw of source
+      ``s`` in an epoch has ordinal ``j`` (``ordinals(epoch)``), and
+      ``consumed(epoch, k)`` counts, per source, the draws before global draw
+      ``k`` of ``epoch`` since the start of training. A stream source needs
+      nothing else: it yields its next sample for each of its draws, and
+      resumes by fast-forwarding to its ``consumed`` count. A map-style source
+      turns ``(epoch, j)`` into a dataset index (``source_indices``).
+    - Nothing depends on the world size: ranks take strided shards of the one
+      global sequence (``MixtureSampler``), so 1 and N processes train on the
+      same mixture.
+
+    Args:
+        sizes: each source's sample count (None for a source without a length,
+            e.g. a stream; it then has no ``source_indices``).
+        ratios: each source's weight (``sample_ratio``; positive, any scale).
+        samples_per_epoch: draws per epoch.
+        seed: the run seed.
+    """
+
+    def __init__(self, sizes: Sequence[int | None], ratios: Sequence[float], samples_per_epoch: int, seed: int = 0) -> None:
+        if len(sizes) != len(ratios) or not sizes:
+            raise ValueError(f"MixturePlan: {len(sizes)} source size(s) for {len(ratios)} ratio(s)")
+        if any(not (r > 0 and math.isfinite(r)) for r in ratios):
+            raise ValueError(f"MixturePlan: every ratio must be a positive number, got {list(ratios)}")
+        if samples_per_epoch < 1:
+            raise ValueError(f"MixturePlan: samples_per_epoch must be at least 1, got {samples_per_epoch}")
+        empty = [s for s, n in enumerate(sizes) if n is not None and n < 1]
+        if empty:
+            raise ValueError(f"MixturePlan: source(s) {empty} have no samples")
+        self.sizes = list(sizes)
+        self.ratios = [float(r) for r in ratios]
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.seed = seed
+        self.quota = apportion(self.samples_per_epoch, self.ratios)
+        self._cache: dict[str, tuple[int, torch.Tensor]] = {}
+        self._heads: dict[tuple[int, int], list[int]] = {}
+
+    def _cached(self, what: str, epoch: int, make: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        # One epoch at a time (the loop's current one): plans of long epochs are not kept.
+        hit = self._cache.get(what)
+        if hit is None or hit[0] != epoch:
+            hit = (epoch, make(epoch))
+            self._cache[what] = hit
+        return hit[1]
+
+    def sources(self, epoch: int) -> torch.Tensor:
+        """The epoch's source id of every draw (``int64``, ``samples_per_epoch`` long)."""
+
+        def make(e: int) -> torch.Tensor:
+            ids = torch.repeat_interleave(torch.arange(len(self.quota)), torch.tensor(self.quota))
+            g = torch.Generator().manual_seed(_mix_seed(self.seed, e, "sources"))
+            return ids[torch.randperm(len(ids), generator=g)]
+
+        return self._cached("sources", epoch, make)
+
+    def ordinals(self, epoch: int) -> torch.Tensor:
+        """For every draw of the epoch, how many draws of its source came before it in the epoch."""
+
+        def make(e: int) -> torch.Tensor:
+            src = self.sources(e)
+            out = torch.empty_like(src)
+            for s in range(len(self.quota)):
+                where = src == s
+                out[where] = torch.arange(int(where.sum()))
+            return out
+
+        return self._cached("ordinals", epoch, make)
+
+    def source_indices(self, source: int, epoch: int) -> torch.Tensor:
+        """A map-style source's dataset index for each of its ``quota[source]`` draws of the epoch.
+
+        Without replacement (a seeded permutation's first ``quota`` indices)
+        when the quota fits in the source; with replacement (seeded uniform
+        draws) when the quota exceeds the source's size.
+        """
+        size = self.sizes[source]
+        if size is None:
+            raise TypeError(f"MixturePlan: source {source} has no length (a stream); it yields its own samples")
+        g = torch.Generator().manual_seed(_mix_seed(self.seed, epoch, f"source{source}"))
+        quota = self.quota[source]
+        if quota <= size:
+            return torch.randperm(size, generator=g)[:quota]
+        return torch.randint(size, (quota,), generator=g)
+
+    def counts(self, epoch: int, begin: int, end: int) -> list[int]:
+        """Per source: its draws among global draws ``[begin, end)`` of ``epoch``."""
+        if begin <= 0 and end >= self.samples_per_epoch:
+            return list(self.quota)
+        src = self.sources(epoch)[max(0, begin) : end]
+        return torch.bincount(src, minlength=len(self.quota)).tolist()
+
+    def consumed(self, epoch: int, draw: int, per_epoch: int | None = None) -> list[int]:
+        """Per source: draws taken from the start of training up to global draw ``draw`` of ``epoch``.
+
+        Args:
+            epoch / draw: the position (the draws of ``epoch`` before ``draw``).
+            per_epoch: draws a whole earlier epoch contributed (default all;
+                fewer where the loop drops an epoch's tail, e.g. a partial
+                accumulation window: then its first ``per_epoch`` draws).
+        """
+        per_epoch = self.samples_per_epoch if per_epoch is None else per_epoch
+        total = [0] * len(self.quota)
+        for e in range(epoch):
+            # An earlier epoch's head counts are kept (a few ints each): a log call late in a
+            # long run does not redraw every earlier epoch's sequence.
+            key = (e, per_epoch)
+            if key not in self._heads:
+                self._heads[key] = self.counts(e, 0, per_epoch)
+            total = [a + b for a, b in zip(total, self._heads[key])]
+        return [a + b for a, b in zip(total, self.counts(epoch, 0, draw))]
+
+
+class MixtureSampler(Sampler[tuple[int, int]]):
+    """This rank's shard of a ``MixturePlan`` over map-style sources; yields ``(index, seed)``.
+
+    The sources are concatenated (``ConcatDataset`` in the given order), so a
+    draw of source ``s`` at its index ``i`` is item ``offsets[s] + i``. Each
+    epoch's global sequence (``MixturePlan``) is cut to a multiple of the
+    world size and rank ``r`` takes every ``num_replicas``-th draw from ``r``,
+    as ``EpochShardSampler`` does: after ``b`` items per rank the first
+    ``b x num_replicas`` draws are consumed, on any rank count. Each item is
+    processed under ``sample_seed(seed, epoch, draw)`` (by draw, not index: a
+    sample drawn twice in an epoch gets two augmentations).
+
+    Args:
+        sizes: each source's length.
+        ratios: each source's ``sample_ratio``.
+        samples_per_epoch: global draws per epoch.
+        num_replicas: the world size.
+        rank: this process's rank.
+        seed: the run seed.
+    """
+
+    def __init__(self, sizes: Sequence[int], ratios: Sequence[float], samples_per_epoch: int, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
+        self.plan = MixturePlan(sizes, ratios, samples_per_epoch, seed)
+        self.offsets = [sum(sizes[:s]) for s in range(len(sizes))]
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Selects the epoch, and how many of this rank's items of it to skip (mid-epoch resume)."""
+        self.epoch = epoch
+        self.start = start
+
+    def per_rank(self) -> int:
+        """Items each rank gets in a whole epoch."""
+        return self.plan.samples_per_epoch // self.num_replicas
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank() - self.start)
+
+    def global_indices(self, epoch: int) -> torch.Tensor:
+        """Every draw's item index (in the concatenation) of the epoch, all ranks together, in order."""
+        src, ordinal = self.plan.sources(epoch), self.plan.ordinals(epoch)
+        out = torch.empty_like(src)
+        for s, offset in enumerate(self.offsets):
+            where = src == s
+            out[where] = self.plan.source_indices(s, epoch)[ordinal[where]] + offset
+        return out
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        total = self.per_rank() * self.num_replicas
+        first = self.rank + self.start * self.num_replicas
+        indices = self.global_indices(self.epoch)
+        for draw in range(first, total, self.num_replicas):
+            yield int(indices[draw]), sample_seed(self.seed, self.epoch, draw)

@@ -59,6 +59,7 @@ from lavislite.datasets.datasets.instruction_dataset import Sample, parse_llava,
 from lavislite.datasets.datasets.samplers import sample_seed, seeded
 from lavislite.processors.chat_processor import SampleError
 from lavislite.processors.collate import collate_chat
+from lavislite.processors.transforms import load_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -239,12 +240,8 @@ def _mix(*parts: Any) -> int:
 
 # -- decoding and processing ----------------------------------------------------------
 def _decode_image(data: bytes) -> Image.Image:
-    """An image member as RGB, turned upright by its EXIF orientation (phone photos store it there)."""
-    from PIL import ImageOps
-
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return ImageOps.exif_transpose(image).convert("RGB")
+    """An image member as RGB, upright (the project's one loader: EXIF orientation applied)."""
+    return load_image(data)
 
 
 def _sample_images(raw: RawSample) -> list[tuple[str, bytes]]:

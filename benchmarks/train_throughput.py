@@ -29,6 +29,14 @@ value is in ``peak_memory_bytes_per_rank``).
 The run folder the runner needs (``run.output_dir``) is a temporary folder that
 is removed at the end; TensorBoard, validation and testing are off. The JSON
 goes to ``--out`` (default ``benchmarks/results/train_throughput.json``) and to stdout.
+
+``--compare`` (issue 18) measures the batching the runner ships against each
+other and against a MiniGPT4Qwen-style baseline, on the demo data and on a
+LLaVA-shaped length distribution, in one invocation; see ``compare.py`` beside
+this file for the data, the variants and how the runs are interleaved.
+``--full-size`` swaps the demo model for a full-size one (EVA-ViT-g, BERT-base
+Q-Former, a Qwen2.5-1.5B-sized LLM with random weights) in bf16 under ZeRO-2;
+it needs CUDA and says so otherwise.
 """
 
 from __future__ import annotations
@@ -50,6 +58,26 @@ from typing import Any
 DEMO_CONFIG = "projects/demo/train.yaml"
 DEFAULT_OUT = os.path.join("benchmarks", "results", "train_throughput.json")
 IGNORE_INDEX = -100
+# What each --variant sets over the run config (the minigpt4qwen baseline also
+# tokenises in the step and pads to 512: compare.step_tokenising).
+VARIANT_OPTIONS: dict[str, list[str]] = {
+    "pad": [],
+    "group": ["run.group_by_length=true"],
+    "pack": ["run.packing=true"],
+    "minigpt4qwen": ["model.loss_impl=full_logits"],
+}
+# --full-size: the full-size blip2_qwen type with a Qwen2.5-1.5B-shaped LLM from random weights (nothing downloads).
+FULL_SIZE_OPTIONS = [
+    "model.model_type=qwen2.5-1.5b-instruct",
+    "model.llm_model=qwen2",
+    "model.llm_init=random",
+    "model.llm_config={vocab_size: 151936, hidden_size: 1536, intermediate_size: 8960, num_hidden_layers: 28, "
+    "num_attention_heads: 12, num_key_value_heads: 2, tie_word_embeddings: true, max_position_embeddings: 4096}",
+    "model.tokenizer=builtin:qwen2.5",
+    "model.load_pretrained=false",
+]
+# The instruction builders each --data trains on (their images go to 224 px for ViT-g under --full-size).
+DATA_BUILDERS = {"demo": ["minigpt4_instruction", "llava_instruction"], "llava_shaped": ["llava_instruction"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,7 +98,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=1, help="DataLoader workers per process")
     parser.add_argument("--out", default=DEFAULT_OUT, help="where rank 0 writes the JSON")
     parser.add_argument("--options", nargs="+", default=[], help="extra config overrides, key.path=value (they win)")
+    parser.add_argument("--compare", action="store_true", help="pad / group / pack / minigpt4qwen on demo and llava_shaped data, interleaved (compare.py)")
+    parser.add_argument("--full-size", action="store_true", help="ViT-g + Q-Former + Qwen2.5-1.5B-sized LLM (random), bf16, ZeRO-2; CUDA only")
+    parser.add_argument("--data", choices=["demo", "llava_shaped"], default="demo", help="one run's data (--compare: see --datasets)")
+    parser.add_argument("--variant", choices=["pad", "group", "pack", "minigpt4qwen"], default="pad", help="one run's batching")
+    parser.add_argument("--datasets", nargs="+", choices=["demo", "llava_shaped"], default=["demo", "llava_shaped"], help="--compare: data to run")
+    parser.add_argument("--variants", nargs="+", choices=["pad", "group", "pack", "minigpt4qwen"], default=["pad", "group", "pack", "minigpt4qwen"], help="--compare: variants")
+    parser.add_argument("--rounds", type=int, default=3, help="--compare: round-robin rounds; each variant trains steps/rounds timed steps per round")
+    parser.add_argument("--llava-samples", type=int, default=2000, help="llava_shaped: conversations to generate")
+    parser.add_argument("--llava-seed", type=int, default=0, help="llava_shaped: the length model's seed")
+    parser.add_argument("--llava-file", default=None, help="llava_shaped: an already generated LLaVA JSON (internal: --compare passes it to its runs)")
+    parser.add_argument("--control-fds", default=None, help=argparse.SUPPRESS)  # internal: --compare's pause/go pipe (read fd, write fd)
+    parser.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)  # internal: timed steps between pauses
     args = parser.parse_args(argv)
+    if args.full_size:
+        args.precision, args.zero = "bf16", 2
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.steps < 1:
         parser.error("--steps must be at least 1")
     if args.warmup < 0:
@@ -103,6 +147,9 @@ def config_options(args: argparse.Namespace, output_dir: str) -> list[str]:
         f"run.precision={args.precision}",
         f"run.deepspeed_config.zero_optimization.stage={args.zero}",
         f"run.num_workers={args.num_workers}",
+        *(FULL_SIZE_OPTIONS if args.full_size else []),
+        *(f"datasets.{b}.vis_processor.train.image_size=224" for b in (DATA_BUILDERS[args.data] if args.full_size else [])),
+        *VARIANT_OPTIONS[args.variant],
         *args.options,
     ]
 
@@ -140,8 +187,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def make_bench_runner(base: type, warmup: int) -> type:
-    """A subclass of the real runner that times each optimizer step (``on_step_end``); nothing else changes."""
+def make_bench_runner(base: type, warmup: int, control: tuple[int, int] | None = None, chunk: int = 0, total: int = 0) -> type:
+    """A subclass of the real runner that times each optimizer step (``on_step_end``); nothing else changes.
+
+    With ``control`` (``--compare``'s pipe: read fd, write fd) the hook also
+    pauses: after the warm-up, after every ``chunk`` timed steps and after the
+    last (``total``) step it writes ``ready`` and blocks until it reads ``go``,
+    so that the variants' runs take turns on the machine. A pause is not timed.
+    Memory peaks are reset after the first step and read at the last one:
+    they cover the steady training steps, not the set-up or the final save.
+    """
     import torch
 
     class BenchRunner(base):  # type: ignore[misc, valid-type]
@@ -150,6 +205,9 @@ def make_bench_runner(base: type, warmup: int) -> type:
             self.warm: dict[str, Any] = _new_record()
             self.timed: dict[str, Any] = _new_record()
             self.last_time: float | None = None
+            self.training_memory: dict[str, Any] = {}
+            self.pause_reads = os.fdopen(control[0], "r") if control else None
+            self.pause_writes = os.fdopen(control[1], "w") if control else None
 
         def on_step_end(self, info: dict[str, Any]) -> None:
             if torch.cuda.is_available():
@@ -163,9 +221,9 @@ def make_bench_runner(base: type, warmup: int) -> type:
                 if record is self.timed and "start" not in record:
                     record["start"] = self.last_time
             record["end"] = now
-            self.last_time = now
             batch = info["last_batch"]
-            mask = batch["attention_mask"]
+            # Padded batches mark real tokens in attention_mask; packed rows in token_mask.
+            mask = batch["attention_mask"] if batch.get("attention_mask") is not None else batch["token_mask"]
             record["losses"].extend(x for x in info["losses"] if x is not None)
             record["samples"] += info["samples"]
             # The micro-batches of one step share a length distribution; the last one stands for the step.
@@ -173,13 +231,69 @@ def make_bench_runner(base: type, warmup: int) -> type:
             record["tokens"] += int(mask.sum()) * per_batch
             record["padded"] += int(mask.numel()) * per_batch
             record["supervised"] += int((batch["labels"] != IGNORE_INDEX).sum()) * per_batch
+            record["rows"] += int(mask.shape[0]) * per_batch
             record["real_fractions"].append(int(mask.sum()) / max(int(mask.numel()), 1))
+            if info["step"] == 1:
+                reset_memory_peaks()
+            if total and info["step"] == total:
+                self.training_memory = memory_peaks()
+            timed_done = info["step"] - max(1, warmup)
+            if self.pause_writes is not None and (timed_done == 0 or (timed_done > 0 and (timed_done % max(1, chunk) == 0 or info["step"] == total))):
+                self.pause_writes.write(f"ready {info['step']}\n")
+                self.pause_writes.flush()
+                if self.pause_reads.readline().strip() != "go":
+                    raise SystemExit(3)  # the comparison ended (its pipe closed)
+            self.last_time = time.perf_counter()  # after a pause: the next step's time starts now
 
     return BenchRunner
 
 
+def reset_memory_peaks() -> None:
+    """Restarts the peak figures ``memory_peaks`` reads: CUDA's allocator peak, and this process's RSS high-water mark.
+
+    The RSS mark (``VmHWM``) is reset by writing 5 to ``/proc/self/clear_refs``
+    (Linux >= 4.0); where that fails, ``memory_peaks`` says so.
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        _HWM_RESET[0] = True
+    except OSError:
+        _HWM_RESET[0] = False
+
+
+_HWM_RESET = [False]
+
+
+def _proc_status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def memory_peaks() -> dict[str, Any]:
+    """The peaks since ``reset_memory_peaks``: ``cuda_max_allocated_bytes`` (None without CUDA) and
+    ``cpu_hwm_bytes`` (``VmHWM``: the process's peak RSS; since the reset when ``cpu_hwm_reset``)."""
+    import torch
+
+    return {
+        "cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None,
+        "cpu_hwm_bytes": _proc_status_bytes("VmHWM"),
+        "cpu_hwm_reset": _HWM_RESET[0],
+    }
+
+
 def _new_record() -> dict[str, Any]:
-    return {"step_times": [], "data_wait": [], "losses": [], "samples": 0, "tokens": 0, "padded": 0, "supervised": 0, "real_fractions": []}
+    return {"step_times": [], "data_wait": [], "losses": [], "samples": 0, "tokens": 0, "padded": 0, "supervised": 0, "rows": 0, "real_fractions": []}
 
 
 def peak_memory() -> dict[str, Any]:
@@ -231,6 +345,7 @@ def summarise(ranks: list[dict[str, Any]], warm: list[dict[str, Any]]) -> dict[s
     tokens = sum(r["tokens"] for r in ranks)
     padded = sum(r["padded"] for r in ranks)
     supervised = sum(r["supervised"] for r in ranks)
+    rows = sum(r["rows"] for r in ranks)
     fractions = [f for r in ranks for f in r["real_fractions"]]
     n_micro = len(ranks[0]["losses"])
 
@@ -269,6 +384,7 @@ def summarise(ranks: list[dict[str, Any]], warm: list[dict[str, Any]]) -> dict[s
             "real_tokens": tokens,
             "padded_positions": padded,
             "supervised_tokens": supervised,
+            "rows": rows,  # batch rows (packed rows hold several samples)
             "real_token_fraction": statistics.fmean(fractions),
             "real_token_fraction_pooled": tokens / max(padded, 1),
         },
@@ -286,8 +402,28 @@ def summarise(ranks: list[dict[str, Any]], warm: list[dict[str, Any]]) -> dict[s
             "cpu_max_rss_bytes": max(mem_rss),
             "cpu_max_rss_bytes_per_rank": mem_rss,
             "note": "whole-process peaks (set-up, warm-up and timed steps); cpu_max_rss excludes DataLoader worker processes",
+            **training_peak([r["memory"].get("training") or {} for r in ranks]),
         },
     }
+
+
+def training_peak(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """The steady training steps' peak (from after step 1 to the last step; the largest rank's).
+
+    ``training_peak_bytes``: CUDA's max allocated, or on a CPU the process's RSS
+    high-water mark (``VmHWM``, reset after step 1 through ``/proc/self/clear_refs``,
+    so the set-up's transient peaks and the final checkpoint are not in it;
+    DataLoader workers are other processes and not in it either). None when
+    the last step was not reached or /proc is missing.
+    """
+    cuda = [r.get("cuda_max_allocated_bytes") for r in per_rank]
+    hwm = [r.get("cpu_hwm_bytes") for r in per_rank]
+    if cuda and all(c is not None for c in cuda):
+        return {"training_peak_bytes": max(cuda), "training_peak_kind": "cuda_max_allocated"}  # type: ignore[type-var]
+    if hwm and all(h is not None for h in hwm):
+        reset = all(r.get("cpu_hwm_reset") for r in per_rank)
+        return {"training_peak_bytes": max(hwm), "training_peak_kind": "cpu_rss_hwm" + ("" if reset else "_not_reset")}  # type: ignore[type-var]
+    return {"training_peak_bytes": None, "training_peak_kind": None}
 
 
 def run_benchmark(args: argparse.Namespace, tmp_dir: str) -> dict[str, Any]:
@@ -311,24 +447,44 @@ def run_benchmark(args: argparse.Namespace, tmp_dir: str) -> dict[str, Any]:
     from lavislite.runners.launch import setup_run
     from lavislite.tasks import setup_task
 
-    cfg = Config(library_path(DEMO_CONFIG), config_options(args, tmp_dir))
+    import compare  # benchmarks/compare.py: the llava_shaped data and the minigpt4qwen baseline's step
+
+    if args.data == "llava_shaped":
+        llava_file = args.llava_file or compare.write_llava_shaped(os.path.join(tmp_dir, "llava_shaped.json"), args.llava_samples, args.llava_seed)
+        config_path = compare.llava_shaped_config(library_path(DEMO_CONFIG), llava_file, os.path.join(tmp_dir, "llava_shaped.yaml"))
+    else:
+        config_path = library_path(DEMO_CONFIG)
+    cfg = Config(config_path, config_options(args, tmp_dir))
     run = cfg.run_cfg
+    if args.full_size and not torch.cuda.is_available():
+        raise compare.NeedsCuda(
+            "--full-size needs a CUDA GPU (a 2.6B-parameter model in bf16 under ZeRO-2; torch sees none here). "
+            f"Its config is valid: {cfg.model_cfg.model_type} with a {cfg.model_cfg.llm_config.num_hidden_layers}-layer, "
+            f"{cfg.model_cfg.llm_config.hidden_size}-wide random LLM, precision {run.precision}, "
+            f"ZeRO-{run.deepspeed_config.zero_optimization.stage}"
+        )
     setup_run(cfg, "bench.log")
     world_size = dist_utils.get_world_size()
 
     task = setup_task(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
+    if args.variant == "minigpt4qwen":
+        task, datasets = compare.step_tokenising(task, datasets, run.train_splits)
     # Counted before DeepSpeed wraps (and under ZeRO-3 partitions) the parameters.
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    flops_shape = model.llm_flops_shape() if hasattr(model, "llm_flops_shape") else None
 
-    runner_cls = make_bench_runner(registry.get_runner_class(run.runner), args.warmup)
+    control = tuple(int(x) for x in args.control_fds.split(",")) if args.control_fds else None
+    total = max(1, args.warmup) + args.steps
+    runner_cls = make_bench_runner(registry.get_runner_class(run.runner), args.warmup, control, args.chunk, total)  # type: ignore[arg-type]
     runner = runner_cls(cfg, task, model, datasets, str(run.job_id))
     runner.train()
     timed = dict(runner.timed)
-    timed["wall"] = timed.get("end", 0.0) - timed.get("start", 0.0)
-    ranks = combine(timed, peak_memory())
+    # Pauses (--compare) are not in any step's time, so the wall time is the steps' sum.
+    timed["wall"] = sum(timed["step_times"])
+    ranks = combine(timed, {**peak_memory(), "training": runner.training_memory})
     warm_ranks = dist_utils.all_gather_object({"losses": runner.warm["losses"]})
 
     import deepspeed  # type: ignore[import-untyped]
@@ -367,8 +523,29 @@ def run_benchmark(args: argparse.Namespace, tmp_dir: str) -> dict[str, Any]:
             "deepspeed": deepspeed.__version__,
         },
         "parameters": {"total": n_params, "trainable": n_trainable},
-        **summarise(ranks, warm_ranks),
+        "data": args.data,
+        "variant": args.variant,
+        **with_mfu(summarise(ranks, warm_ranks), flops_shape, world_size),
     }
+
+
+def with_mfu(report: dict[str, Any], flops_shape: dict[str, int] | None, world_size: int) -> dict[str, Any]:
+    """Adds ``throughput.mfu`` (CUDA, a device in ``common.flops.PEAK_BF16_TFLOPS``; else None) and
+    ``memory.training_peak_bytes``: the peak over the steady steps (CUDA max allocated, or the RSS high-water mark)."""
+    import torch
+
+    from lavislite.common.flops import llm_flops_per_token, mfu, peak_bf16_flops
+
+    value = None
+    if torch.cuda.is_available() and flops_shape is not None:
+        peak = peak_bf16_flops(torch.cuda.get_device_name(torch.cuda.current_device()))
+        tokens = report["tokens"]
+        if peak is not None:
+            per_token = llm_flops_per_token(seq_len=tokens["real_tokens"] / max(tokens["samples"], 1), **flops_shape)
+            value = mfu(per_token, report["throughput"]["tokens_per_sec"], peak, world_size)
+    report["throughput"]["mfu"] = value
+    report["throughput"]["mfu_flops_shape"] = flops_shape
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,9 +555,14 @@ def main(argv: list[str] | None = None) -> int:
         argv: the command-line arguments (``sys.argv[1:]`` when None).
 
     Returns:
-        The exit status: 0, or 2 for an invalid config override.
+        The exit status: 0, or 2 for an invalid config override (or --full-size without CUDA).
     """
     args = parse_args(argv)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmarks/compare.py, also when imported
+    import compare
+
+    if args.compare:
+        return compare.run_compare(args, os.path.abspath(__file__))
     tmp_dir = tempfile.mkdtemp(prefix="lavislite_bench_")
     try:
         # stdout carries the JSON alone: whatever is printed while building and
@@ -390,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with contextlib.redirect_stdout(sys.stderr):
                 report = run_benchmark(args, tmp_dir)
-        except ConfigError as exc:  # as train.py: a bad --options item is a usage error
+        except (ConfigError, compare.NeedsCuda) as exc:  # as train.py: a bad --options item is a usage error
             print(f"error: {exc}", file=sys.stderr)
             return 2
         from lavislite.common import dist_utils

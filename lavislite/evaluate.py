@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     # The run's own precision, so a standalone evaluation reproduces the run's metrics (and a bf16 7B fits).
     precision, source = evaluation_precision(cfg, args)
     model = model.to(device=device, dtype=precision_dtype(precision))
+    if hasattr(model, "configure_attention"):
+        model.configure_attention(precision)  # --dtype may differ from run.precision
     logger.info("evaluating in %s (%s): weights %s", precision, source, next(model.parameters()).dtype)
 
     # 4. Score each split; rank 0 writes the metrics.

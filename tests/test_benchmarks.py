@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from conftest import REPO, run_env
 
 
@@ -64,3 +67,45 @@ def test_generation_throughput_writes_its_figures(tmp_path: Path) -> None:
     evaluation = data["evaluate_demo_caption"]["procs_1"]
     assert evaluation["samples"] == len(json.loads((REPO / "projects" / "demo" / "data" / "eval_caption.json").read_text()))
     assert evaluation["eval_samples_per_sec"] > 0
+
+
+CONTRACT = {"samples_per_sec", "real_tokens_per_sec", "real_token_fraction", "peak_memory_bytes"}
+
+
+def test_train_throughput_compare_writes_the_contract_and_packing_wastes_less(tmp_path: Path) -> None:
+    # Two variants on a tiny LLaVA-shaped set, two rounds of one step each: the mechanics (the real
+    # runner in two paused-and-resumed processes), the JSON contract, and a behaviour (not a time).
+    out = tmp_path / "cmp.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--compare", "--datasets", "llava_shaped", "--variants", "pad", "pack",
+         "--steps", "2", "--rounds", "2", "--warmup", "1", "--batch-size", "2", "--llava-samples", "48", "--num-workers", "0", "--out", str(out)],
+        cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    variants = data["data"]["llava_shaped"]["variants"]
+    assert set(variants) == {"pad", "pack"}
+    for figures in variants.values():
+        assert CONTRACT <= set(figures)
+        assert figures["samples_per_sec"] > 0 and figures["real_tokens_per_sec"] > figures["samples_per_sec"]
+        assert 0 < figures["real_token_fraction"] <= 1 and figures["peak_memory_bytes"] > 10_000_000
+        assert len(figures["step_time_per_round_s"]) == 2  # one timed step in each of the two rounds
+    pad, pack = variants["pad"], variants["pack"]
+    assert pad["samples"] == 2 * 2  # 2 timed steps x 2 samples
+    assert pack["samples"] > pad["samples"]  # 2 rows of up to 512 tokens hold several conversations each
+    assert pack["real_token_fraction"] > pad["real_token_fraction"]
+    assert data["data"]["llava_shaped"]["ratios"]["to_pad"]["pack"]["real_tokens_per_sec"] == pytest.approx(pack["real_tokens_per_sec"] / pad["real_tokens_per_sec"])
+    assert data["checks"]["pack_real_token_fraction"] == pack["real_token_fraction"]
+    assert data["checks"]["pack_over_minigpt4qwen_ge_2"] is None  # the baseline did not run
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU --full-size trains (minutes); here it must refuse clearly")
+def test_train_throughput_full_size_builds_its_config_and_needs_cuda(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--full-size", "--steps", "1", "--out", str(tmp_path / "fs.json")],
+        cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: --full-size needs a CUDA GPU" in proc.stderr
+    assert "qwen2.5-1.5b-instruct with a 28-layer, 1536-wide random LLM, precision bf16, ZeRO-2" in proc.stderr
+    assert not (tmp_path / "fs.json").exists()

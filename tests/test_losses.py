@@ -188,7 +188,7 @@ def test_impls_agree_and_errors_name_the_batch() -> None:
         )
     with pytest.raises(DataError, match=r"batch \['a', 'b', 'c'\]: no supervised token"):
         supervised_cross_entropy(hidden, torch.full_like(labels, IGNORE_INDEX), head, ["a", "b", "c"])
-    with pytest.raises(ValueError, match=r"loss impl 'liger' is not one of \['auto', 'chunked', 'full'\]"):
+    with pytest.raises(ValueError, match=r"loss impl 'liger' is not one of \['auto', 'chunked', 'full', 'full_logits'\]"):
         supervised_cross_entropy(hidden, labels, head, impl="liger")
     with pytest.raises(IndexError, match="outside the vocabulary of 257"):
         supervised_cross_entropy(hidden, labels.masked_fill(labels == V - 1, V + 3), head)
@@ -211,6 +211,17 @@ def test_loss_equals_f_cross_entropy_on_the_supervised_rows() -> None:
     torch.testing.assert_close(supervised_cross_entropy(hidden, labels, head, chunk_bytes=4 * 5)[0], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_full_logits_impl_is_the_textbook_loss_with_the_same_gradients() -> None:
+    # model.loss_impl=full_logits: logits at every position (the MiniGPT4Qwen-style baseline of
+    # benchmarks/train_throughput.py --compare); the same loss and gradients as the chunked default.
+    hidden, labels, head = _inputs()
+    ref = _loss_and_grads(lambda: supervised_cross_entropy(hidden, labels, head)[0], hidden, head)
+    got = _loss_and_grads(lambda: supervised_cross_entropy(hidden, labels, head, impl="full_logits")[0], hidden, head)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert int(supervised_cross_entropy(hidden, labels, head, impl="full_logits")[1]) == _n_rows(labels)
+
+
 def test_model_loss_impl_is_a_checked_config_switch() -> None:
     from lavislite.common.schema import ConfigError, validate
     from lavislite.models.blip2_qwen import Blip2QwenConfig
@@ -218,5 +229,5 @@ def test_model_loss_impl_is_a_checked_config_switch() -> None:
     data = validate(Blip2QwenConfig, {"loss_impl": "full", "loss_chunk_bytes": 1 << 20}, "model")
     assert (data["loss_impl"], data["loss_chunk_bytes"]) == ("full", 1 << 20)
     assert validate(Blip2QwenConfig, {}, "model")["loss_impl"] == "auto"
-    with pytest.raises(ConfigError, match=r"model.loss_impl: expected one of 'auto', 'chunked', 'full', got 'liger'"):
+    with pytest.raises(ConfigError, match=r"model.loss_impl: expected one of 'auto', 'chunked', 'full', 'full_logits', got 'liger'"):
         validate(Blip2QwenConfig, {"loss_impl": "liger"}, "model")

@@ -21,6 +21,7 @@ from lavislite.common.logger import logger
 from lavislite.common.errors import DataError
 from lavislite.common.schema import ConfigError
 from lavislite.common.registry import registry
+from lavislite.models.attention import AttnImplementation, flash_attn_available, resolve_attn_implementation
 from lavislite.models.base_model import BaseModel
 from lavislite.models.checkpoint import LoadReport, check_finetuned, load_checkpoint, resolve_weights_path
 from lavislite.models.losses import check_labels, supervised_cross_entropy
@@ -96,9 +97,14 @@ class Blip2QwenConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     gradient_checkpointing: bool = False
     # The LM-head loss (models/losses.py): auto = chunked (never rows x vocab logits);
-    # full = one head call over the supervised rows. loss_chunk_bytes: fp32 logits per chunk.
-    loss_impl: Literal["auto", "chunked", "full"] = "auto"
+    # full = one head call over the supervised rows; full_logits = logits at every
+    # position (padding too), as HF CausalLMs / MiniGPT4Qwen: a baseline, never faster.
+    # loss_chunk_bytes: fp32 logits per chunk.
+    loss_impl: Literal["auto", "chunked", "full", "full_logits"] = "auto"
     loss_chunk_bytes: int = 8388608
+    # The LLM's attention kernel (models/attention.py): auto = flash_attention_2 on CUDA
+    # in bf16/fp16 when flash-attn imports, else sdpa; eager for debugging.
+    attn_implementation: AttnImplementation = "auto"
     # Weights (LAVIS / Hugging Face / lavislite files; see models/checkpoint.py).
     # The LLM's own weights come from llm_model.
     load_pretrained: bool = True
@@ -214,10 +220,12 @@ class Blip2Qwen(BaseModel):
         )
         self.tokenizer = load_tokenizer(cfg.tokenizer or cfg.llm_model)
         llm_config = build_llm_config(cfg)
+        # The run's precision is not known yet (configure_attention sets the final kernel).
+        attn = self.resolve_attention(precision=None)
         if cfg.llm_init == "random":
-            self.llm = AutoModelForCausalLM.from_config(llm_config)
+            self.llm = AutoModelForCausalLM.from_config(llm_config, attn_implementation=attn)
         else:
-            self.llm = AutoModelForCausalLM.from_pretrained(cfg.llm_model, config=llm_config)
+            self.llm = AutoModelForCausalLM.from_pretrained(cfg.llm_model, config=llm_config, attn_implementation=attn)
         if len(self.tokenizer) > self.llm.get_input_embeddings().num_embeddings:
             self.llm.resize_token_embeddings(len(self.tokenizer))
         self.proj = nn.Linear(q.hidden_size, self.llm.config.hidden_size)
@@ -231,6 +239,50 @@ class Blip2Qwen(BaseModel):
             self.enable_gradient_checkpointing()
 
     # -- set-up ----------------------------------------------------------------
+    def resolve_attention(self, precision: str | None) -> str:
+        """``model.attn_implementation`` resolved for this machine and ``precision`` (``models.attention``)."""
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        return resolve_attn_implementation(
+            self.cfg.attn_implementation, device_type=device_type, precision=precision, flash_available=flash_attn_available()
+        )
+
+    def configure_attention(self, precision: str | None) -> str:
+        """Sets the LLM's attention kernel for the run's precision (the task calls it once it is known).
+
+        Args:
+            precision: ``run.precision`` (``fp32``, ``bf16``, ``fp16``) or None.
+
+        Returns:
+            The attention implementation the LLM now uses.
+
+        Raises:
+            ConfigError: ``flash_attention_2`` asked for where it cannot run.
+        """
+        attn = self.resolve_attention(precision)
+        llm = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm  # a peft-wrapped LLM
+        if llm.config._attn_implementation != attn:
+            llm.set_attn_implementation(attn)
+        logger.info("LLM attention: %s (model.attn_implementation=%s, precision %s)", attn, self.cfg.attn_implementation, precision)
+        return attn
+
+    def llm_flops_shape(self) -> dict[str, int]:
+        """What ``common.flops.llm_flops_per_token`` needs: the LLM's transformer-block parameters
+        (``n_params``, ``n_trainable``; no embedding, no head), ``n_layers`` and ``hidden``.
+
+        Counted from ``ds_numel`` where ZeRO-3 partitioned a parameter (its local tensor is empty).
+        """
+        llm = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        decoder = llm.get_decoder()
+        embedding = {id(p) for p in decoder.get_input_embeddings().parameters()}
+        blocks = [p for p in decoder.parameters() if id(p) not in embedding]
+        size = lambda p: int(getattr(p, "ds_numel", p.numel()))  # noqa: E731
+        return {
+            "n_params": sum(size(p) for p in blocks),
+            "n_trainable": sum(size(p) for p in blocks if p.requires_grad),
+            "n_layers": int(llm.config.num_hidden_layers),
+            "hidden": int(llm.config.hidden_size),
+        }
+
     def parts(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by part name: vit, ln_vision, qformer, queries, proj, llm."""
         ln = set(id(p) for p in self.vision.post_layernorm.parameters())

@@ -24,8 +24,10 @@ from lavislite.common.errors import DataError
 
 IGNORE_INDEX = -100
 # "auto" is "chunked" (the place where an optional fused kernel would be chosen);
-# "full" runs the head once over all supervised rows (the previous implementation).
-LOSS_IMPLS = ("auto", "chunked", "full")
+# "full" runs the head once over all supervised rows (the previous implementation);
+# "full_logits" computes logits at every position, padding included, as a
+# transformers CausalLM's own loss and MiniGPT4Qwen do (a baseline for benchmarks).
+LOSS_IMPLS = ("auto", "chunked", "full", "full_logits")
 # fp32 logits of one chunk (a tile of supervised rows x vocabulary entries):
 # small enough that the loss step stays a few percent of full logits (the
 # weight's own gradient is most of it), large enough for efficient matmuls.
@@ -92,8 +94,10 @@ def supervised_cross_entropy(
         labels: (B, L) unshifted labels (position t predicts label t+1).
         lm_head: the LLM's output embedding (maps (N, H) -> (N, V)).
         ids: sample ids for the error message.
-        impl: ``auto`` (= ``chunked``), ``chunked`` or ``full`` (one head call
-            over all supervised rows: ``rows x vocab`` logits).
+        impl: ``auto`` (= ``chunked``), ``chunked``, ``full`` (one head call
+            over all supervised rows: ``rows x vocab`` logits) or ``full_logits``
+            (logits at every position, ``B x L x vocab``: the textbook loss,
+            ``full_logits_cross_entropy``; same value, most memory and time).
         chunk_bytes: the size of one chunk's fp32 logits (default 8 MiB); larger
             chunks run faster on a GPU and take more memory.
 
@@ -114,6 +118,8 @@ def supervised_cross_entropy(
     n_tokens = keep.sum()
     if int(n_tokens) == 0:
         raise DataError(f"batch {ids}: no supervised token (every label is {IGNORE_INDEX}); check the templates/truncation")
+    if impl == "full_logits":
+        return full_logits_cross_entropy(hidden, labels, lm_head), n_tokens
     rows, row_targets = hidden[:, :-1][keep], targets[keep]
     if impl == "full" or hasattr(getattr(lm_head, "weight", None), "ds_id"):
         # A ZeRO-3 partitioned head gathers its weight in a collective on every

@@ -748,6 +748,8 @@ class RunnerBase:
         if self.mixture:
             # Samples drawn per dataset since the run began (all ranks; cumulative over resumes).
             record["samples_seen"] = self.samples_seen(epoch, self.next_batch)
+        if torch.cuda.is_available():
+            record["mfu"] = self.mfu(record["tokens_per_sec"], real / max(n_samples, 1))
         if dist_utils.is_main_process():
             loss_text = "n/a (skipped)" if record["loss"] is None else f"{record['loss']:.4f}"
             logger.info(
@@ -758,6 +760,27 @@ class RunnerBase:
             scalars.update({f"samples_seen/{name}": float(n) for name, n in record.get("samples_seen", {}).items()})
             self._write_record(record, "train", scalars)
         return record
+
+    def mfu(self, tokens_per_sec: float, mean_sample_tokens: float) -> float | None:
+        """Model FLOPs utilisation of a log interval (``common.flops``; CUDA only), or None.
+
+        None when the device is not in ``common.flops.PEAK_BF16_TFLOPS`` or the
+        model cannot say its LLM's shape (no ``llm_flops_shape()``).
+
+        Args:
+            tokens_per_sec: real tokens per second, all ranks.
+            mean_sample_tokens: the mean sample length (the attention span ``S``).
+        """
+        from lavislite.common.flops import llm_flops_per_token, mfu, peak_bf16_flops
+
+        peak = peak_bf16_flops(torch.cuda.get_device_name(torch.cuda.current_device()))
+        shape_of = getattr(self.engine.module, "llm_flops_shape", None)
+        if peak is None or shape_of is None:
+            return None
+        if getattr(self, "_flops_shape", None) is None:
+            self._flops_shape = shape_of()
+        per_token = llm_flops_per_token(seq_len=mean_sample_tokens, **self._flops_shape)
+        return mfu(per_token, tokens_per_sec, peak, dist_utils.get_world_size())
 
     def _write_record(self, record: dict[str, Any], prefix: str, scalars: tuple[str, ...] | dict[str, float]) -> None:
         assert self.metrics is not None

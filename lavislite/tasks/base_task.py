@@ -72,6 +72,9 @@ class BaseTask:
         """
         model_cls = registry.get_model_class(cfg.model_cfg.arch)
         model = model_cls.from_config(cfg.model_cfg)
+        if hasattr(model, "configure_attention"):
+            # The attention kernel follows the run's precision (FlashAttention-2 needs bf16/fp16).
+            model.configure_attention(precision=cfg.run_cfg.get("precision"))
         if for_evaluation:
             model.requires_grad_(False)
             logger.info("evaluation: every parameter is frozen (the freeze switches apply to training)")

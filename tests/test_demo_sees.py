@@ -143,6 +143,11 @@ def names_right(reply: str, attribute: str, truth: str, values: tuple[str, ...])
 
 @pytest.fixture(scope="module")
 def kind_accuracy(demo_run: Path) -> dict[str, dict[str, Any]]:
+    """``measure_kinds`` of the session's demo run."""
+    return measure_kinds(demo_run)
+
+
+def measure_kinds(demo_run: Path) -> dict[str, dict[str, Any]]:
     """Every kind of training question asked about the held-out test images, turn by turn with the model's own replies.
 
     Returns ``{"<kind> turn <t>": {"right": n, "of": n, "wrong": [(image(s), reply), ...]}}``.
@@ -152,7 +157,9 @@ def kind_accuracy(demo_run: Path) -> dict[str, dict[str, Any]]:
     gen = load_generator()
     model, _, _ = load_from_checkpoint(str(demo_run))
     metas = [m for m in gen.plan_images() if m.split == "eval"]
-    values = {"shape": gen.SHAPES, "colour": tuple(gen.COLOURS), "size": gen.SIZES, "yes_no": ("yes", "no")}
+    shapes, colours = gen.SHAPES, tuple(gen.COLOURS)
+    values = {"shape": shapes, "colour": colours, "size": gen.SIZES, "yes_no": ("yes", "no")}
+    values.update({"shape1": shapes, "shape2": shapes, "colour1": colours, "colour2": colours})
     image_dir = DEMO_DATA / "images"
     out: dict[str, dict[str, Any]] = {}
     checked_against_chat = False
@@ -195,7 +202,7 @@ def below_the_bar(kind_accuracy: dict[str, dict[str, Any]], keys: list[str]) -> 
 def turn_abouts() -> dict[str, tuple[str, ...]]:
     """``{"<kind> turn <t>": attributes its answer must name}`` for every turn of every kind in the data."""
     gen = load_generator()
-    return {f"{k.name} turn {t + 1}": (("yes_no",) if k.pair_attribute else tuple(turn.about)) for k in gen.KINDS for t, turn in enumerate(k.turns)}
+    return {f"{k.name} turn {t + 1}": tuple(turn.about) for k in gen.KINDS for t, turn in enumerate(k.turns)}
 
 
 def test_every_colour_and_shape_question_is_answered_right_on_held_out_images(kind_accuracy: dict[str, dict[str, Any]]) -> None:
@@ -220,6 +227,9 @@ def test_every_colour_and_shape_question_is_answered_right_on_held_out_images(ki
     reason=(
         "issue 15 not reached yet: the shipped recipe does not learn size (one constant answer, 12-13/25) nor the "
         "two-image comparisons (12/24, chance), though the projected queries encode size linearly (held-out probe 1.00); "
+        "tried: a short size question per format (144 samples each) stayed at 13/25 ('small' throughout, on training "
+        "images too); a 'what is in image 2' kind was learnt 24/24 while the verdicts stayed at chance (the LM names "
+        "image 1's attribute twice when comparing); "
         "strict: this fails loudly once they are learnt, so the bar can move here"
     ),
 )

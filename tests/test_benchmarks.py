@@ -109,3 +109,21 @@ def test_train_throughput_full_size_builds_its_config_and_needs_cuda(tmp_path: P
     assert "error: --full-size needs a CUDA GPU" in proc.stderr
     assert "qwen2.5-1.5b-instruct with a 28-layer, 1536-wide random LLM, precision bf16, ZeRO-2" in proc.stderr
     assert not (tmp_path / "fs.json").exists()
+
+
+def test_data_throughput_reads_json_and_converted_shards_and_counts_every_batch(tmp_path: Path) -> None:
+    """Issue 13: both paths (JSON, shards made by the converter) read through the real datasets, per worker count."""
+    out = tmp_path / "data.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "data_throughput.py"), "--workers", "1", "--batches", "3", "--warmup", "1", "--batch-size", "4", "--out", str(out)],
+        cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == data
+    for path in ("json", "shards"):
+        run = data["runs"][path]["1"]
+        assert run["samples"] == 3 * 4 and run["samples_per_sec"] > 0
+        assert run["samples_per_sec_per_worker"] == pytest.approx(run["samples_per_sec"])
+    assert data["settings"]["samples"] == len(json.loads((REPO / "projects" / "demo" / "data" / "llava_instruction.json").read_text()))
+    assert data["shards_vs_json_per_worker"]["1"] > 0

@@ -48,6 +48,18 @@ def check_labels(input_ids: torch.Tensor, labels: torch.Tensor, ids: Any = None)
         raise DataError(f"labels do not match input_ids at supervised positions in sample(s) {names}")
 
 
+def count_supervised_tokens(labels: torch.Tensor) -> int:
+    """The number of targets ``supervised_cross_entropy`` averages over: ``labels[:, 1:] != -100``.
+
+    Position ``t`` predicts label ``t + 1``, so a row's first label is never a
+    target. The runner counts a window's micro-batches with this before their
+    forward passes (on the loader's CPU tensors, so no device sync), to weight
+    each micro-batch by its tokens (the loss is a token mean over the whole
+    optimizer step).
+    """
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
 def tile_shape(n_rows: int, vocab_size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> tuple[int, int]:
     """(rows, vocabulary entries) of one chunk whose fp32 logits fit in ``chunk_bytes``.
 

@@ -42,6 +42,7 @@ from lavislite.datasets.datasets.samplers import (
     SeededSamples,
     worker_init,
 )
+from lavislite.models.losses import count_supervised_tokens
 from lavislite.runners import checkpoints as ckpt
 from lavislite.runners.deepspeed_config import build_deepspeed_config, fill_deepspeed_config
 
@@ -144,6 +145,26 @@ class RunnerConfig:
 
 class NonFiniteLossError(FloatingPointError):
     """The loss was NaN or infinite (``run.on_nonfinite_loss: stop``, or too many skips)."""
+
+
+def token_mean_loss_scale(global_tokens: int, dp_world_size: int, accum_steps: int) -> float:
+    """What a micro-batch's summed token losses are multiplied by before ``engine.backward``.
+
+    DeepSpeed divides each backward's loss by ``gradient_accumulation_steps``
+    and averages the gradients over the data-parallel ranks, so the step's
+    gradient is ``1 / (accum_steps * dp_world_size)`` times the sum of every
+    backward's gradient. Scaled by ``accum_steps * dp_world_size /
+    global_tokens``, the summed token losses of all micro-batches on all ranks
+    then give the gradient of their mean over the window's ``global_tokens``
+    supervised tokens (what transformers' Trainer since 4.46 and torchtune
+    optimise), however the tokens are spread over micro-batches and ranks.
+
+    Args:
+        global_tokens: the window's supervised tokens, all micro-batches on all ranks.
+        dp_world_size: the ranks DeepSpeed averages over.
+        accum_steps: DeepSpeed's ``gradient_accumulation_steps``.
+    """
+    return accum_steps * dp_world_size / max(int(global_tokens), 1)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, init_lr: float, part_lr: dict[str, float] | None = None) -> list[dict[str, Any]]:
@@ -533,9 +554,18 @@ class RunnerBase:
     def train_steps(self, batches: Iterator[tuple[int, int, dict[str, Any]]], until_step: int) -> dict[str, Any]:
         """Trains on ``batches`` until ``global_step`` reaches ``until_step`` or they run out.
 
-        Every micro-batch is one forward/backward; every ``accum_grad_iters``-th
-        ends an optimizer step, which is logged every ``log_freq`` steps and
-        checkpointed every ``save_freq_steps`` steps.
+        An optimizer step is one accumulation window of ``accum_grad_iters``
+        micro-batches, read from ``batches`` before its first forward pass, so
+        its supervised-token count is known: every micro-batch backpropagates
+        its summed token losses scaled by ``token_mean_loss_scale``, and the
+        step's gradient is that of the mean over every supervised token of the
+        window on every rank (not a mean of micro-batch means, which would weigh
+        a 5-token batch as much as a 500-token one). The ranks agree on the
+        count in one all-reduce per step, which also carries the non-finite
+        check of the window just trained (``stop_if_nonfinite``): at a step's
+        end, before the optimizer step, the next window is read and
+        ``[its tokens, any non-finite loss here]`` all-reduced. Steps are logged
+        every ``log_freq`` steps and checkpointed every ``save_freq_steps``.
         """
         self.engine.train()
         accum = self.run.accum_grad_iters
@@ -543,40 +573,72 @@ class RunnerBase:
         t0 = time.time()
         last: dict[str, Any] = {}
         bar = self._progress(self.batches_per_epoch)
-        in_window = 0
-        step_info: dict[str, Any] = {"data_wait": 0.0, "samples": 0, "losses": []}
         iterator = iter(batches)
-        while True:
-            wait_start = time.perf_counter()
-            try:
-                epoch, index, samples = next(iterator)
-            except StopIteration:
-                break
-            step_info["data_wait"] += time.perf_counter() - wait_start
-            self.take_bad_samples(samples, epoch)
-            in_window += 1
-            boundary = in_window == accum
-            if boundary != self.engine.is_gradient_accumulation_boundary():
-                raise RuntimeError(f"accumulation out of step with DeepSpeed at epoch {epoch}, batch {index}")
-            loss = self.forward_backward(samples)
-            step_info["samples"] += len(samples["ids"]) if "ids" in samples else len(samples["input_ids"])
-            step_info["losses"].append(loss)
-            if loss is not None:
-                window["loss"] += loss
-                window["batches"] += 1
-            window["samples"] += len(samples["ids"]) if "ids" in samples else len(samples["input_ids"])  # samples, not rows (packed rows hold several)
-            real = samples["attention_mask"] if samples.get("attention_mask") is not None else samples["token_mask"]
-            window["real"] += int(real.sum())
-            window["padded"] += int(real.numel())
-            if bar is not None:
-                bar.update(1)
-            if not boundary:
-                continue
-            in_window = 0
+        micro, wait, position = self._read_window(iterator, accum)
+        tokens = [count_supervised_tokens(samples["labels"]) for _, _, samples in micro]
+        # The first window's count needs a collective of its own; the next ones ride on each step's check.
+        global_tokens = int(dist_utils.all_reduce_sum(torch.tensor([float(sum(tokens))], dtype=torch.float64))[0]) if micro else 0
+        while micro:
+            epoch, index, samples = micro[-1]
+            if len(micro) < accum:
+                raise RuntimeError(
+                    f"the batches ran out after {len(micro)} of the {accum} micro-batches of optimizer step {self.global_step + 1} "
+                    f"(epoch {epoch}, batch {index}): every step needs a whole accumulation window"
+                )
+            scale = token_mean_loss_scale(global_tokens, self.dp_world_size(), accum)
+            sums: list[torch.Tensor | None] = []
+            flags: list[torch.Tensor] = []
+            n_models: list[Any] = []
+            for j, (epoch, index, samples) in enumerate(micro):
+                if (j == accum - 1) != self.engine.is_gradient_accumulation_boundary():
+                    raise RuntimeError(f"accumulation out of step with DeepSpeed at epoch {epoch}, batch {index}")
+                self.take_bad_samples(samples, epoch)  # pops the records before the forward
+                loss_sum, bad_here, n_model = self.forward_backward(samples, tokens[j], scale)
+                sums.append(loss_sum)
+                flags.append(bad_here)
+                n_models.append(n_model)
+                n_samples = len(samples["ids"]) if "ids" in samples else len(samples["input_ids"])  # samples, not rows (packed rows hold several)
+                window["samples"] += n_samples
+                if loss_sum is not None:
+                    window["loss_sum"] = window["loss_sum"] + loss_sum.double()
+                    window["tokens"] += tokens[j]
+                real = samples["attention_mask"] if samples.get("attention_mask") is not None else samples["token_mask"]
+                window["real"] += int(real.sum())
+                window["padded"] += int(real.numel())
+                if bar is not None:
+                    bar.update(1)
+                if j < accum - 1:
+                    self.engine.step()  # inside the window: DeepSpeed only counts the micro-step
+            # The window ends: read the next one (unless this step is the last of the call), then
+            # agree on its token count and on this window's losses in one all-reduce, before the update.
+            next_micro: list[tuple[int, int, dict[str, Any]]] = []
+            next_wait, next_position = 0.0, position
+            if self.global_step + 1 < until_step:
+                next_micro, next_wait, next_position = self._read_window(iterator, accum)
+            next_tokens = [count_supervised_tokens(s["labels"]) for _, _, s in next_micro]
+            # Built on the device, synced once: no host sync per micro-batch.
+            device = flags[0].device
+            bad_local = torch.stack([f.reshape(()) for f in flags]).any().double()
+            miscount = sum(torch.as_tensor(n, device=device).double().reshape(()) - t for n, t in zip(n_models, tokens))
+            check = torch.stack([torch.tensor(float(sum(next_tokens)), dtype=torch.float64, device=device), bad_local, miscount])
+            next_global, any_bad, miscounted = dist_utils.all_reduce_sum(check).tolist()
+            if any_bad > 0:
+                self.stop_if_nonfinite(micro, flags)
+            if miscounted != 0:
+                raise RuntimeError(
+                    f"optimizer step {self.global_step + 1}: the model's n_tokens differ from the supervised labels (labels[:, 1:] != -100) "
+                    f"by {miscounted:+.0f} token(s) over the window; the token-mean weighting needs the model to average over exactly those"
+                )
+            self.engine.step()  # the optimizer step
             self.global_step += 1
             self.next_batch = index + 1
-            self.on_step_end({"step": self.global_step, "epoch": epoch, **step_info, "last_batch": samples})
-            step_info = {"data_wait": 0.0, "samples": 0, "losses": []}
+            if position is not None:
+                self.position = position  # this window's end (runner_iter), not the next window's
+            kept = [s for s in sums if s is not None]
+            values = iter(torch.stack([s.double() for s in kept]).tolist() if kept else [])
+            step_losses = [None if s is None else next(values) / n for s, n in zip(sums, tokens)]  # each micro-batch's token mean
+            step_samples = sum(len(s["ids"]) if "ids" in s else len(s["input_ids"]) for _, _, s in micro)
+            self.on_step_end({"step": self.global_step, "epoch": epoch, "data_wait": wait, "samples": step_samples, "losses": step_losses, "last_batch": samples})
             if self.global_step % self.run.log_freq == 0 or self.global_step >= until_step:
                 last = self.log_window(epoch, window, time.time() - t0)
                 if bar is not None and last["loss"] is not None:
@@ -587,17 +649,36 @@ class RunnerBase:
                 break
             if self.run.save_freq_steps and self.global_step % self.run.save_freq_steps == 0:
                 self.save_step_checkpoint(epoch, index + 1)
+            micro, tokens, global_tokens, wait, position = next_micro, next_tokens, int(next_global), next_wait, next_position
+            if position is not None:
+                self.position = position
         if bar is not None:
             bar.close()
         return last
+
+    def _read_window(self, iterator: Iterator[tuple[int, int, dict[str, Any]]], accum: int) -> tuple[list[tuple[int, int, dict[str, Any]]], float, Any]:
+        """Up to ``accum`` micro-batches from ``iterator``; the seconds waited; ``self.position`` after them (runner_iter's, else None)."""
+        start = time.perf_counter()
+        micro = []
+        for _ in range(accum):
+            try:
+                micro.append(next(iterator))
+            except StopIteration:
+                break
+        return micro, time.perf_counter() - start, getattr(self, "position", None)
+
+    def dp_world_size(self) -> int:
+        """The data-parallel ranks DeepSpeed averages gradients over."""
+        return int(getattr(self.engine, "dp_world_size", dist_utils.get_world_size()))
 
     def on_step_end(self, info: dict[str, Any]) -> None:
         """Called on every rank after each optimizer step (a hook for benchmarks and integrations).
 
         Args:
             info: ``step``, ``epoch``, ``samples`` (this rank's, this step),
-                ``losses`` (per micro-batch; None where skipped), ``data_wait``
-                (seconds this rank waited for batches) and ``last_batch``.
+                ``losses`` (per micro-batch, each its own token mean; None where
+                skipped), ``data_wait`` (seconds this rank waited for batches)
+                and ``last_batch``.
         """
 
     def save_step_checkpoint(self, epoch: int, next_batch: int) -> None:
@@ -691,50 +772,84 @@ class RunnerBase:
             )
         self.bad_tracker.update(records, trained, truncated)
 
-    def forward_backward(self, samples: dict[str, Any]) -> float | None:
-        """One micro-batch; returns its loss, or None when a non-finite loss was skipped.
+    def forward_backward(self, samples: dict[str, Any], n_tokens: int, scale: float) -> tuple[torch.Tensor | None, torch.Tensor, Any]:
+        """One micro-batch: the forward pass and the backward of its summed token losses times ``scale``.
 
-        Every rank learns whether any rank's loss is non-finite, so all take the
-        same path: ``stop`` raises naming the step and the samples; ``skip``
-        backpropagates a zero-weighted loss of a known-good batch instead, so
-        the batch adds a zero gradient and every collective still runs.
+        Args:
+            samples: the micro-batch.
+            n_tokens: its supervised tokens (``count_supervised_tokens`` of its labels).
+            scale: ``token_mean_loss_scale`` of the window.
+
+        Returns:
+            ``(token loss sum, non-finite, model's token count)``: the sum
+            (detached; None when a non-finite loss was skipped), a 0-d bool
+            tensor (not synced: ``stop`` checks it once per step, in the
+            window's all-reduce) and the model's ``n_tokens`` (``n_tokens``
+            when it reports none).
+
+        With ``run.on_nonfinite_loss: skip`` a skipped batch must be replaced
+        before its backward pass, so every micro-batch's loss is checked here
+        (a host sync and an all-reduce each): every rank learns whether any
+        rank's loss is non-finite and all take the same path, backpropagating a
+        zero-weighted loss of a known-good batch instead, so the batch adds a
+        zero gradient and every collective still runs.
         """
         out = self.task.train_step(self.engine, samples)
         loss = out["loss"]
-        bad_here = not bool(torch.isfinite(loss.detach()))
-        if self.reference_batch is None and not bad_here:
-            self.reference_batch = samples
-        bad = dist_utils.any_rank(bad_here)
-        if bad:
-            ids = [i for rank_ids in dist_utils.all_gather_object(list(samples.get("ids") or []) if bad_here else []) for i in rank_ids]
-            step = self.global_step + 1
-            if self.run.on_nonfinite_loss == "stop":
-                raise NonFiniteLossError(f"non-finite loss at optimizer step {step}, in the batch of sample(s) {ids} (run.on_nonfinite_loss=stop)")
-            self.nonfinite_steps += 1
-            logger.warning("non-finite loss at optimizer step %d (samples %s): batch skipped (%d so far)", step, ids, self.nonfinite_steps)
-            if self.nonfinite_steps > self.run.max_nonfinite_steps:
-                raise NonFiniteLossError(f"{self.nonfinite_steps} non-finite losses, more than run.max_nonfinite_steps={self.run.max_nonfinite_steps}; last at step {step}, samples {ids}")
-            if self.reference_batch is None:
-                raise NonFiniteLossError(f"non-finite loss at step {step} before any finite batch; nothing to skip with (samples {ids})")
-            loss = 0.0 * self.task.train_step(self.engine, self.reference_batch)["loss"]
-        self.engine.backward(loss)
-        self.engine.step()
-        return None if bad else float(loss.detach())
+        n_model = out.get("n_tokens", n_tokens)
+        bad_here = ~torch.isfinite(loss.detach())
+        if self.run.on_nonfinite_loss == "skip":
+            local = bool(bad_here)
+            if self.reference_batch is None and not local:
+                self.reference_batch = samples
+            if dist_utils.any_rank(local):
+                ids = [i for rank_ids in dist_utils.all_gather_object(list(samples.get("ids") or []) if local else []) for i in rank_ids]
+                step = self.global_step + 1
+                self.nonfinite_steps += 1
+                logger.warning("non-finite loss at optimizer step %d (samples %s): batch skipped (%d so far)", step, ids, self.nonfinite_steps)
+                if self.nonfinite_steps > self.run.max_nonfinite_steps:
+                    raise NonFiniteLossError(f"{self.nonfinite_steps} non-finite losses, more than run.max_nonfinite_steps={self.run.max_nonfinite_steps}; last at step {step}, samples {ids}")
+                if self.reference_batch is None:
+                    raise NonFiniteLossError(f"non-finite loss at step {step} before any finite batch; nothing to skip with (samples {ids})")
+                self.engine.backward(0.0 * self.task.train_step(self.engine, self.reference_batch)["loss"])
+                return None, torch.zeros((), dtype=torch.bool, device=loss.device), n_model
+        # The summed token losses: the model's mean times the tokens it averaged over.
+        loss_sum = loss * n_model
+        self.engine.backward(loss_sum * scale)
+        return loss_sum.detach(), bad_here, n_model
+
+    def stop_if_nonfinite(self, micro: list[tuple[int, int, dict[str, Any]]], flags: list[torch.Tensor]) -> None:
+        """Some rank's window had a non-finite loss (``stop``): every rank raises, naming the step and the samples.
+
+        Called on every rank before the optimizer step, so no weight ever sees
+        the non-finite gradient (the run's checkpoints stay clean).
+
+        Raises:
+            NonFiniteLossError: always.
+        """
+        bad_ids = [i for (_, _, samples), flag in zip(micro, flags) if bool(flag) for i in (samples.get("ids") or [])]
+        ids = [i for rank_ids in dist_utils.all_gather_object(bad_ids) for i in rank_ids]
+        raise NonFiniteLossError(f"non-finite loss at optimizer step {self.global_step + 1}, in the batch of sample(s) {ids} (run.on_nonfinite_loss=stop)")
 
     @staticmethod
-    def _new_window() -> dict[str, float]:
-        """Sums over one log interval: loss, batches, samples, real and padded tokens."""
-        return {"loss": 0.0, "batches": 0, "samples": 0, "real": 0, "padded": 0}
+    def _new_window() -> dict[str, Any]:
+        """Sums over one log interval: token losses and supervised tokens (of batches not skipped), samples, real and padded tokens."""
+        return {"loss_sum": torch.zeros((), dtype=torch.float64), "tokens": 0, "samples": 0, "real": 0, "padded": 0}
 
     def log_window(self, epoch: int, window: dict[str, Any], elapsed: float) -> dict[str, Any]:
-        """Averages the window over all ranks and writes one metrics record (rank 0)."""
-        stats = torch.tensor([window["loss"], window["batches"], window["samples"], window["real"], window["padded"]], dtype=torch.float64)
+        """Sums the window over all ranks and writes one metrics record (rank 0).
+
+        The loss is the mean over the interval's supervised tokens on every rank
+        (with ``log_freq: 1``, exactly the optimizer step's objective).
+        """
+        loss_sum = window["loss_sum"].detach().double().cpu().reshape(1)
+        stats = torch.cat([loss_sum, torch.tensor([window["tokens"], window["samples"], window["real"], window["padded"]], dtype=torch.float64)])
         stats = dist_utils.all_reduce_sum(stats)
-        loss_sum, batches, n_samples, real, padded = stats.tolist()
+        loss_sum, tokens, n_samples, real, padded = stats.tolist()
         record = {
             "step": self.global_step,
             "epoch": epoch,
-            "loss": loss_sum / batches if batches else None,  # None: every batch of the interval was skipped
+            "loss": loss_sum / tokens if tokens else None,  # None: every batch of the interval was skipped
             "lr": float(self.lr_scheduler.get_last_lr()[0]),
             "samples": int(n_samples),  # in this interval, all ranks
             # With per-part rates, each part's current rate too (lr/proj, lr/llm, ...).

@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from lavislite.common import dist_utils
 from lavislite.common.errors import CheckpointError
 from lavislite.common.logger import logger
 from lavislite.common.registry import registry
 from lavislite.common.schema import ConfigError
+from lavislite.datasets.datasets.mixed_stream import MixedStream
 from lavislite.datasets.datasets.samplers import worker_init
 from lavislite.datasets.datasets.wds_dataset import ShardStream
 from lavislite.runners import checkpoints as ckpt
@@ -61,7 +62,7 @@ class RunnerIter(RunnerBase):
     Config = RunnerIterConfig
     windows_restart_each_epoch = False  # an accumulation window may span two passes
 
-    stream: ShardStream | None = None
+    stream: ShardStream | MixedStream | None = None
 
     def setup_dataloader(self) -> None:
         streams = [
@@ -80,19 +81,27 @@ class RunnerIter(RunnerBase):
         self.steps_per_epoch = self.run.iters_per_inner_epoch
 
     def setup_stream(self, streams: list[tuple[str, ShardStream]]) -> None:
-        """The training loader over one shard stream: each worker yields whole micro-batches, endless.
+        """The training loader over one shard stream, or a mixture with one: each worker yields whole micro-batches, endless.
 
         Raises:
-            ConfigError: a stream beside other training sets, or with packing / length grouping.
+            ConfigError: a stream beside other training sets without ``sample_ratio``, or with packing / length grouping.
         """
-        n_splits = sum(1 for by_split in self.datasets.values() for split in self.run.train_splits if split in by_split)
-        if n_splits > 1:
-            names = ", ".join(name for name, _ in streams)
-            raise ConfigError([f"datasets: the stream {names} is one of {n_splits} training sets; a stream trains alone (mixing by sample_ratio is not built yet)"])
         for key in ("packing", "group_by_length"):
             if self.run[key]:
                 raise ConfigError([f"run.{key}: not available for a streaming dataset ({streams[0][0]}); set run.{key}=false"])
-        name, stream = streams[0]
+        n_splits = sum(1 for by_split in self.datasets.values() for split in self.run.train_splits if split in by_split)
+        self.mixture = self.mixture_sources() if n_splits > 1 else []
+        if n_splits > 1 and not self.mixture:
+            names = ", ".join(name for name, _ in streams)
+            raise ConfigError(
+                [f"datasets: the stream {names} is one of {n_splits} training sets; give every training set a sample_ratio to mix them (streams are not concatenated)"]
+            )
+        stream: ShardStream | MixedStream
+        if self.mixture:
+            stream = self.mixed_stream()
+            name = "mixture"
+        else:
+            name, stream = streams[0]
         stream.configure(
             rank=dist_utils.get_rank(),
             world_size=dist_utils.get_world_size(),
@@ -112,10 +121,37 @@ class RunnerIter(RunnerBase):
         )
         self.batches_per_epoch = stream.batches_per_pass
         self.steps_per_epoch = self.run.iters_per_inner_epoch
+        if isinstance(stream, MixedStream):
+            self.sampler = stream  # type: ignore[assignment]  # its .plan counts samples_seen (RunnerBase.samples_seen)
+            logger.info(
+                "mixing %s: %d draws per epoch (%s); %d batch(es) of %d per process and epoch",
+                ", ".join(f"{n} {r:g}" for n, _, r in self.mixture),
+                stream.plan.samples_per_epoch,
+                ", ".join(f"{n} {q}" for (n, _, _), q in zip(self.mixture, stream.plan.quota)),
+                stream.batches_per_pass,
+                stream.batch_size,
+            )
+            return
         logger.info(
             "streaming %s: %d batch(es) of %d per process and pass (%d process(es) x %d stream(s) of %d samples)",
             name, stream.batches_per_pass, stream.batch_size, stream.world_size, stream.num_workers, stream.per_stream,
         )
+
+    def mixed_stream(self) -> MixedStream:
+        """Mixing by ``sample_ratio`` with a stream among the training sets (``MixedStream``).
+
+        A source is one dataset (its ``run.train_splits`` concatenated when
+        map-style); an epoch is ``run.samples_per_epoch`` draws (default: the
+        map-style sets' sizes plus the streams' samples per pass).
+        """
+        sources: list[tuple[str, Any]] = []
+        for name, _, _ in self.mixture:
+            splits = [self.datasets[name][s] for s in self.run.train_splits if s in self.datasets[name]]
+            if any(isinstance(ds, ShardStream) for ds in splits):
+                sources.append((name, splits[0]))  # a stream builder builds one split
+            else:
+                sources.append((name, splits[0] if len(splits) == 1 else ConcatDataset(splits)))
+        return MixedStream(sources, [r for _, _, r in self.mixture], samples_per_epoch=self.run.samples_per_epoch, seed=self.run.seed)
 
     def plan_steps(self) -> int:
         """``run.max_iters``; ``run.max_steps``, when set, wins here too (as it wins over ``max_epoch``)."""

@@ -92,3 +92,50 @@ def test_a_restart_mid_run_with_rotated_workers_continues_the_mixture_exactly(so
     for a, b in zip(resumed, reference[7:]):
         assert a["ids"] == b["ids"]
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+
+
+@pytest.mark.slow
+def test_a_short_mixed_run_logs_samples_seen_per_dataset_and_resumes_from_a_step_checkpoint_exactly(sources, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """train.py, runner_iter: the JSON llava_instruction 3 : webdataset_instruction 1, batch 4, 4 steps; a resume from step_2."""
+    _, _, pattern = sources
+    cfg = OmegaConf.load(DEMO)
+    section = cfg.datasets.pop("minigpt4_instruction")
+    cfg.datasets["webdataset_instruction"] = {
+        "build_info": {"shards": pattern, "shuffle_buffer": 6},
+        "vis_processor": OmegaConf.to_container(section.vis_processor),
+        "text_processor": OmegaConf.to_container(section.text_processor),
+        "sample_ratio": 1,
+    }
+    cfg.datasets.llava_instruction.sample_ratio = 3
+    path = tmp_path / "mixed.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg))
+    common = [
+        *(o for o in SMALL if not o.startswith("datasets.minigpt4_instruction.")),
+        "run.runner=runner_iter", "run.max_iters=4", "run.iters_per_inner_epoch=4", "run.batch_size_train=4", "run.samples_per_epoch=24",
+        "run.log_freq=1", "run.save_freq_steps=2", "run.num_workers=1", f"run.output_dir={tmp_path}",
+    ]
+    full = launch("train.py", ["--cfg-path", str(path), "--options", *common, "run.job_id=full"])
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert "mixing llava_instruction 3, webdataset_instruction 1: 24 draws per epoch (llava_instruction 18, webdataset_instruction 6)" in full.stderr
+    ckpt = tmp_path / "full" / "checkpoints" / "step_2"
+    resumed = launch("train.py", ["--cfg-path", str(path), "--options", *common, "run.job_id=resumed", f"run.resume_ckpt_path={ckpt}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    reference = {r["step"]: r for r in metrics(tmp_path / "full")}
+    assert sorted(reference) == [1, 2, 3, 4]
+    for step, record in reference.items():
+        seen = record["samples_seen"]
+        assert set(seen) == {"llava_instruction", "webdataset_instruction"} and sum(seen.values()) == 4 * step, record
+    # 6 batches of 4 per epoch: a step's counts are the plan's draws (runner-independent of how they are read).
+    mix = MixedStream([("llava_instruction", [None] * 60), ("webdataset_instruction", sources[1])], [3, 1], samples_per_epoch=24, seed=42)
+    src = mix.plan.sources(0).tolist()
+    for step in range(1, 5):
+        assert reference[step]["samples_seen"] == {"llava_instruction": src[: 4 * step].count(0), "webdataset_instruction": src[: 4 * step].count(1)}
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["samples_seen"] == reference[2]["samples_seen"] and state["stream"]["sample_ratio"] == {"llava_instruction": 3.0, "webdataset_instruction": 1.0}
+
+    after = {r["step"]: r for r in metrics(tmp_path / "resumed")}
+    assert sorted(after) == [3, 4]
+    for step in (3, 4):
+        assert abs(after[step]["loss"] - reference[step]["loss"]) <= 1e-6, (step, after[step], reference[step])
+        assert after[step]["samples_seen"] == reference[step]["samples_seen"]

@@ -15,7 +15,9 @@ collective waits on a rank that ran out. The stream's position is the number
 of micro-batches this rank trained (``epoch x batches per pass + batch``, as
 the checkpoint records it); a resume re-creates the stream at that position
 and refuses a changed stream layout (world size, workers, batch size, seed,
-shards), which would change which samples follow.
+shards), which would change which samples follow. A stream among several
+training sets mixes with them by ``sample_ratio`` (``MixedStream``: the same
+loader, position and checks, with the mixture's epochs as passes).
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def test_a_json_set_and_a_shard_set_mixed_3_to_1_draw_75_percent_and_the_same_mi
     assert len(set(keys_one[0][:40])) == 40
     firsts = [k[:10] for k in keys_two]
     assert len({x for f in firsts for x in f}) == 40  # no sample in two (rank, worker) streams of one pass
-    # JSON draws are the plan's seeded indices: without replacement within an epoch while the quota fits... here 150 of 60, with.
+    # JSON draws are the plan's seeded indices into the 60 records (150 per epoch of 60: with replacement).
     assert {i for _, _, s, i in one if s == 0} <= set(range(60))
     other, _ = _global_sequence(_mixture(js, stream, seed=8), world=1, workers=1, n=2000)
     assert [s for *_, s, _ in other] != [s for *_, s, _ in one]
@@ -126,7 +126,7 @@ def test_a_short_mixed_run_logs_samples_seen_per_dataset_and_resumes_from_a_step
     for step, record in reference.items():
         seen = record["samples_seen"]
         assert set(seen) == {"llava_instruction", "webdataset_instruction"} and sum(seen.values()) == 4 * step, record
-    # 6 batches of 4 per epoch: a step's counts are the plan's draws (runner-independent of how they are read).
+    # 6 batches of 4 per epoch: step s counted exactly the plan's first 4 s draws of each source.
     mix = MixedStream([("llava_instruction", [None] * 60), ("webdataset_instruction", sources[1])], [3, 1], samples_per_epoch=24, seed=42)
     src = mix.plan.sources(0).tolist()
     for step in range(1, 5):

@@ -131,6 +131,7 @@ def test_disagreeing_training_datasets_warn_and_the_first_wins(tmp_path: Path, c
     assert "vqav2" not in warned[0]  # the evaluation-only dataset does not count
 
 
+@pytest.mark.slow  # trains the demo model
 def test_evaluate_runs_in_the_run_precision_and_dtype_overrides(release: Path, tmp_path: Path) -> None:
     """evaluate.py: run.precision bf16 -> bf16 weights; --dtype fp32 -> fp32; a checkpoint's own precision when the config names none."""
     two = json.loads((DEMO_DATA / "eval_vqa.json").read_text())[:2]

@@ -99,6 +99,7 @@ def _fresh_venv_with_wheel(tmp_path: Path) -> Path:
     return venv
 
 
+@pytest.mark.slow  # trains the demo model
 def test_installed_package_trains_the_shipped_demo_from_an_empty_folder(tmp_path: Path) -> None:
     """Issue 10: ``pip install .`` (no clone) then ``lavislite-train --cfg-path lavislite:...``."""
     venv = _fresh_venv_with_wheel(tmp_path)

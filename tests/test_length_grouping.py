@@ -198,6 +198,7 @@ def _varied_data(folder: Path) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # trains the demo model
 def test_grouped_training_pads_less_and_resumes_mid_epoch_exactly(tmp_path: Path) -> None:
     """One process, 6 steps of 8: grouping raises the real-token fraction; a resume from step 3 repeats steps 4-6 (1e-6)."""
     data = _varied_data(tmp_path)

@@ -254,6 +254,7 @@ def test_packing_fills_the_demo_rows() -> None:
     assert fraction >= 0.95
 
 
+@pytest.mark.slow  # trains the demo model
 def test_packed_demo_trains_resumes_exactly_and_fills_its_batches(tmp_path: Path) -> None:
     """The demo (SMALL) packed on one process: finite losses, fuller batches than pad-to-longest, an exact mid-epoch resume."""
     common = [*SMALL, "run.log_freq=1", "run.tensorboard=false", f"run.output_dir={tmp_path}"]

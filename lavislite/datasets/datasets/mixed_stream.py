@@ -36,11 +36,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torch.utils.data import Dataset, IterableDataset
 
 from lavislite.common.errors import DataError
 from lavislite.datasets.datasets.samplers import MixturePlan, sample_seed, seeded
-from lavislite.datasets.datasets.wds_dataset import RawSample, ShardStream
+from lavislite.datasets.datasets.wds_dataset import RawSample, ShardStream, logical_worker
 from lavislite.processors.chat_processor import SampleError
 from lavislite.processors.collate import BAD_SAMPLES_KEY
 
@@ -224,13 +224,7 @@ class MixedStream(IterableDataset):
         return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        physical = info.id if info is not None else 0
-        if info is not None and info.num_workers != self.num_workers:
-            raise RuntimeError(f"MixedStream configured for {self.num_workers} worker(s), iterated by {info.num_workers}")
-        # The DataLoader takes batches round-robin from physical worker 0, so after
-        # start_batches the next batch (logical worker start % W) is physical worker 0's.
-        logical = (physical + self.start_batches) % self.num_workers
+        logical = logical_worker(type(self).__name__, self.num_workers, self.start_batches)
         for _, draws in self.worker_draws(logical, self.start_batches):
             yield self.make_batch(draws)
 

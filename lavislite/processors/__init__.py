@@ -9,6 +9,7 @@ from lavislite.processors.blip_processors import (
     build_processor,
 )
 from lavislite.processors.chat_processor import QwenChatProcessor
+from lavislite.processors.llava_processors import LlavaImageProcessor
 
 __all__ = [
     "BaseProcessor",
@@ -16,6 +17,7 @@ __all__ = [
     "BlipCaptionProcessor",
     "BlipImageEvalProcessor",
     "BlipQuestionProcessor",
+    "LlavaImageProcessor",
     "QwenChatProcessor",
     "build_processor",
 ]

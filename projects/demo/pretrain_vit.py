@@ -12,9 +12,13 @@ supervised classification (shape, colour, size) of the **training images only**
 features, a few seconds on a CPU. It writes the encoder's weights
 (``vision.*``, lavislite's key names) to ``data/vit_pretrained.safetensors``,
 which ``projects/demo/train.yaml`` names as ``model.vit_pretrained`` with
-``model.freeze_vit: true``. The head is thrown away. Usage::
+``model.freeze_vit: true``. The head is thrown away. ``--arch llava`` pretrains
+the llava demo's timm tower the same way (on the mean of its patch tokens) and
+writes a timm checkpoint (timm's key names) to
+``projects/llava/data/tower_pretrained.safetensors``, which
+``projects/llava/demo.yaml`` names as ``model.vision.pretrained``. Usage::
 
-    python projects/demo/pretrain_vit.py [--data-dir DIR] [--steps 1500]
+    python projects/demo/pretrain_vit.py [--arch blip2_qwen|llava] [--data-dir DIR] [--steps 1500]
 """
 
 from __future__ import annotations
@@ -40,7 +44,11 @@ def labels(items: list[dict], attribute: str) -> torch.Tensor:
     return torch.tensor([ATTRIBUTES[attribute].index(m[attribute]) for m in items])
 
 
-def pretrain(data_dir: Path, out: Path, steps: int, seed: int, batch_size: int = 64, lr: float = 1e-3) -> None:
+# Where each arch's pretrained encoder goes, and the key prefix its file uses.
+OUTPUTS = {"blip2_qwen": (HERE / "data" / "vit_pretrained.safetensors", "vision."), "llava": (HERE.parent / "llava" / "data" / "tower_pretrained.safetensors", "")}
+
+
+def pretrain(data_dir: Path, out: Path, steps: int, seed: int, batch_size: int = 64, lr: float = 1e-3, arch: str = "blip2_qwen") -> None:
     from safetensors.torch import save_file
 
     from lavislite.models import load_model
@@ -48,11 +56,17 @@ def pretrain(data_dir: Path, out: Path, steps: int, seed: int, batch_size: int =
 
     torch.manual_seed(seed)
     torch.set_num_threads(1)
-    vision = load_model("blip2_qwen", "demo").vision  # the demo's encoder, with its key names and sizes
+    vision = load_model(arch, "demo").vision  # the demo's encoder, with its key names and sizes
+    if arch == "llava":  # a timm ViT: its patch tokens after the last block
+        width, image_size = vision.embed_dim, vision.patch_embed.img_size[0]
+        features = lambda x: vision.forward_features(x)[:, vision.num_prefix_tokens :]  # noqa: E731
+    else:
+        width, image_size = vision.config.hidden_size, vision.config.image_size
+        features = lambda x: vision(pixel_values=x).last_hidden_state  # noqa: E731
     meta = json.loads((data_dir / "metadata.json").read_text())
     train = [m for m in meta if m["split"] == "train"]
     held_out = [m for m in meta if m["split"] != "train"]
-    processor = build_processor({"name": "blip_image_eval", "image_size": vision.config.image_size}, {})
+    processor = build_processor({"name": "blip_image_eval", "image_size": image_size}, {})
 
     def pixels(items: list[dict]) -> torch.Tensor:
         return torch.stack([processor(Image.open(data_dir / "images" / m["file"]).convert("RGB")) for m in items])
@@ -60,12 +74,12 @@ def pretrain(data_dir: Path, out: Path, steps: int, seed: int, batch_size: int =
     x_train = pixels(train)
     y_train = {a: labels(train, a) for a in ATTRIBUTES}
     sizes = [len(v) for v in ATTRIBUTES.values()]
-    head = nn.Linear(vision.config.hidden_size, sum(sizes))
+    head = nn.Linear(width, sum(sizes))
     optimizer = torch.optim.AdamW([*vision.parameters(), *head.parameters()], lr=lr)
     generator = torch.Generator().manual_seed(seed)
 
     def logits(x: torch.Tensor) -> list[torch.Tensor]:
-        return list(head(vision(pixel_values=x).last_hidden_state.mean(1)).split(sizes, dim=-1))
+        return list(head(features(x).mean(1)).split(sizes, dim=-1))
 
     start = time.time()
     vision.train()
@@ -82,9 +96,10 @@ def pretrain(data_dir: Path, out: Path, steps: int, seed: int, batch_size: int =
             outs = logits(pixels(items))
             accs = {a: (o.argmax(-1) == labels(items, a)).float().mean().item() for o, a in zip(outs, ATTRIBUTES)}
             report.append(f"{name} " + " ".join(f"{a} {v:.2f}" for a, v in accs.items()))
-    print(f"pretrained the demo ViT: {steps} steps in {time.time() - start:.1f} s; linear-head accuracy: {'; '.join(report)}")
+    print(f"pretrained the {arch} demo ViT: {steps} steps in {time.time() - start:.1f} s; linear-head accuracy: {'; '.join(report)}")
 
-    weights = {f"vision.{k}": v.detach().clone().contiguous() for k, v in vision.state_dict().items()}
+    prefix = OUTPUTS[arch][1]
+    weights = {f"{prefix}{k}": v.detach().clone().contiguous() for k, v in vision.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out), metadata={"what": "lavislite demo ViT, supervised on the demo training images", "steps": str(steps), "seed": str(seed)})
     print(f"wrote {out}")
@@ -93,11 +108,12 @@ def pretrain(data_dir: Path, out: Path, steps: int, seed: int, batch_size: int =
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--data-dir", type=Path, default=HERE / "data")
-    parser.add_argument("--out", type=Path, default=None, help="default: DATA_DIR/vit_pretrained.safetensors")
+    parser.add_argument("--arch", choices=sorted(OUTPUTS), default="blip2_qwen", help="whose demo encoder (default blip2_qwen)")
+    parser.add_argument("--out", type=Path, default=None, help="default: data/vit_pretrained.safetensors (llava: projects/llava/data/tower_pretrained.safetensors)")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    pretrain(args.data_dir, args.out or args.data_dir / "vit_pretrained.safetensors", args.steps, args.seed)
+    pretrain(args.data_dir, args.out or OUTPUTS[args.arch][0], args.steps, args.seed, arch=args.arch)
 
 
 if __name__ == "__main__":

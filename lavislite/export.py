@@ -4,10 +4,13 @@
     python -m lavislite.export --checkpoint output/demo/JOB/release --out exported/ --merge-lora
 
 ``--checkpoint`` takes a run folder, its ``release/`` folder, an older
-``checkpoint_release.pth`` or an earlier export. The folder written holds a
-``Blip2ForConditionalGeneration`` (Qwen ``text_config``), the tokenizer with
-lavislite's chat template, the image processor and a generation config; see
-``lavislite.models.hf_export`` and the README ("Leaving lavislite").
+``checkpoint_release.pth`` or an earlier export. The folder written holds the
+model family's transformers class (blip2_qwen: ``Blip2ForConditionalGeneration``;
+llava with a CLIP or SigLIP tower: ``LlavaForConditionalGeneration``) with a
+Qwen ``text_config``, the tokenizer with lavislite's chat template, the
+processor and a generation config; see ``lavislite.models.hf_export`` and the
+README ("Leaving lavislite"). A model with no transformers counterpart (an
+EVA02 tower) is refused with the reason; its release folder is how it leaves.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lavislite.common.config import import_user_modules
     from lavislite.common.logger import logger, setup_logger
-    from lavislite.models.hf_export import export_hf
+    from lavislite.models.hf_export import ExportError, export_hf
     from lavislite.models.release import load_from_checkpoint, read_release_config, resolve_checkpoint
 
     setup_logger()
@@ -40,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # The model exists only to be exported: merging inside it saves a second LLM copy.
-    summary = export_hf(model, args.out, merge_lora=args.merge_lora, run_config=run_config, max_shard_size=args.max_shard_size, in_place=True)
+    try:
+        summary = export_hf(model, args.out, merge_lora=args.merge_lora, run_config=run_config, max_shard_size=args.max_shard_size, in_place=True)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     logger.info("export of %s: %s", source, summary)
     print(f"exported {source} -> {args.out} ({summary['tensors']} tensors, {summary['shards']} shard(s), LoRA: {summary['lora'] or 'none'})")
     return 0

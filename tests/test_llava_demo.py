@@ -142,3 +142,24 @@ def test_llava_demo_trains_on_two_processes_with_zero3_and_text_only_samples(tmp
     losses = [r["loss"] for r in all_records(tmp_path / "z3") if "loss" in r]
     assert len(losses) == 7 and all(loss == loss and loss < 20 for loss in losses)  # every step logged, finite
     assert (tmp_path / "z3" / "release" / "model.safetensors").is_file()
+
+
+def test_terminal_chat_and_chat_stream_work_unchanged_on_the_llava_demo(llava_demo_run: Path) -> None:
+    """The terminal chat (piped) answers a two-turn conversation about a held-out image; chat_stream's pieces join to chat's reply."""
+    from lavislite.models.release import load_from_checkpoint
+
+    image, _ = held_out_questions()[0]
+    script = f"/image {DEMO_DATA / 'images' / image}\nWhat colour is the shape?\nAnd what shape is it?\n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lavislite.chat", "--checkpoint", str(llava_demo_run), "--max-new-tokens", "8"],
+        input=script, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    replies = [line for line in proc.stdout.splitlines() if line.startswith("assistant: ")]
+    meta = {m["file"]: m for m in json.loads((DEMO_DATA / "metadata.json").read_text())}
+    assert replies == [f"assistant: {meta[image]['colour']}", f"assistant: {meta[image]['shape']}"]
+
+    model, _, _ = load_from_checkpoint(str(llava_demo_run))
+    messages = [{"role": "user", "content": "<image>\nWhat shape is in the image?"}]
+    path = str(DEMO_DATA / "images" / image)
+    assert "".join(model.chat_stream([path], messages, max_new_tokens=8)).strip() == model.chat([path], messages, max_new_tokens=8)

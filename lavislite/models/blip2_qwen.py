@@ -106,7 +106,7 @@ class Blip2Qwen(ImageTokenLM):
 
     def build_vision(self) -> None:
         """The ViT (its ``post_layernorm`` is LAVIS's ``ln_vision``), the learned queries and the Q-Former."""
-        from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
+        from transformers import Blip2VisionConfig, Blip2VisionModel
 
         v, q = self.cfg.vision, self.cfg.qformer
         self.vision = Blip2VisionModel(

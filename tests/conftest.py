@@ -132,6 +132,55 @@ def llava_demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "llava"
 
 
+INSTRUCTBLIP_DEMO = str(REPO / "projects" / "instructblip" / "demo.yaml")
+
+
+@pytest.fixture(scope="session")
+def instructblip_demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The InstructBLIP demo as shipped (``projects/instructblip/demo.yaml``, one process), trained once per test session."""
+    out = tmp_path_factory.mktemp("instructblip_demo_run")
+    proc = launch("train.py", ["--cfg-path", INSTRUCTBLIP_DEMO, "--options", f"run.output_dir={out}", "run.job_id=instructblip"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "instructblip"
+
+
+def train_zero3_with_text_only(config: str, tmp_path: Path) -> list[float]:
+    """Trains a demo run config on 14 samples under torchrun (2 processes, ZeRO-3, batch 1), 11 of them text-only.
+
+    8 LLaVA records of which 3 keep their image and 6 MiniGPT4Qwen ones: an odd
+    number of image samples, so some step has an image on one rank only, whose
+    partner must still run the vision path for ZeRO-3's collectives to match.
+
+    Returns:
+        The loss of every step (7).
+    """
+    llava = [r for r in json.loads((DEMO_DATA / "llava_instruction.json").read_text()) if isinstance(r.get("image"), str)][:8]
+    for rec in llava[1::2] + llava[2:3]:  # 3 of 8 keep their image
+        rec.pop("image")
+        rec["conversations"][0]["value"] = rec["conversations"][0]["value"].replace("<image>", "").strip()
+    minigpt4 = json.loads((DEMO_DATA / "minigpt4_instruction.json").read_text())[:6]
+    for name, records in (("llava_instruction", llava), ("minigpt4_instruction", minigpt4)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(records))
+    options = [
+        *(f"datasets.{name}.build_info.annotations.train.storage={tmp_path / f'{name}.json'}" for name in ("llava_instruction", "minigpt4_instruction")),
+        "run.batch_size_train=1",
+        "run.max_epoch=1",
+        "run.log_freq=1",
+        "run.num_workers=0",
+        "run.valid_splits=[]",
+        "run.test_splits=[]",
+        "run.dist_timeout_minutes=1",
+        "run.deepspeed_config.zero_optimization.stage=3",
+        f"run.output_dir={tmp_path}",
+        "run.job_id=z3",
+    ]
+    proc = launch("train.py", ["--cfg-path", config, "--options", *options], nproc=2, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DeepSpeed ZeRO-3, fp32, world size 2, 7 optimizer steps (7 per epoch)" in proc.stderr
+    assert (tmp_path / "z3" / "release" / "model.safetensors").is_file()
+    return [r["loss"] for r in all_records(tmp_path / "z3") if "loss" in r]
+
+
 def run_without_lavislite(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     """Runs ``code`` in a fresh ``python -I -S`` that has the venv's packages but cannot import lavislite.
 
@@ -190,9 +239,9 @@ def demo_data_config(path: Path, builder: str, annotations: Path, run: dict[str,
 
 
 # Test files whose tests train or launch processes (minutes each on 2 cores).
-SLOW_FILES = {"test_llava_demo.py", "test_resilience.py", "test_streaming_dist.py", "test_train_e2e.py", "test_benchmarks.py", "test_runner_launch.py", "test_runner_positions.py", "test_zero3_text_only.py", "test_evaluation_e2e.py", "test_webui.py"}
+SLOW_FILES = {"test_instructblip_demo.py", "test_llava_demo.py", "test_resilience.py", "test_streaming_dist.py", "test_train_e2e.py", "test_benchmarks.py", "test_runner_launch.py", "test_runner_positions.py", "test_zero3_text_only.py", "test_evaluation_e2e.py", "test_webui.py"}
 # Fixtures that train a run once per session.
-SLOW_FIXTURES = {"demo_run", "zero2_run", "llava_demo_run"}
+SLOW_FIXTURES = {"demo_run", "zero2_run", "llava_demo_run", "instructblip_demo_run"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

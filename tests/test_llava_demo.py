@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import test_demo_sees as sees
-from conftest import DEMO_DATA, LLAVA_DEMO, REPO, all_records, launch, run_env, run_without_lavislite
+from conftest import DEMO_DATA, LLAVA_DEMO, REPO, all_records, launch, run_env, run_without_lavislite, train_zero3_with_text_only
 
 MAX_NEW_TOKENS = 8
 
@@ -116,50 +116,5 @@ def test_demo_eval_configs_run_on_llava_by_changing_only_the_model_section(llava
 def test_llava_demo_trains_on_two_processes_with_zero3_and_text_only_samples(tmp_path: Path) -> None:
     """Issue 16.2: the same config under torchrun --nproc_per_node=2 with ZeRO-3, text-only conversations mixed in:
     batch 1 and an odd number of image samples, so some step has an image on one rank only (no collective mismatch)."""
-    llava = [r for r in json.loads((DEMO_DATA / "llava_instruction.json").read_text()) if isinstance(r.get("image"), str)][:8]
-    for rec in llava[1::2] + llava[2:3]:  # 3 of 8 keep their image
-        rec.pop("image")
-        rec["conversations"][0]["value"] = rec["conversations"][0]["value"].replace("<image>", "").strip()
-    minigpt4 = json.loads((DEMO_DATA / "minigpt4_instruction.json").read_text())[:6]
-    for name, records in (("llava_instruction", llava), ("minigpt4_instruction", minigpt4)):
-        (tmp_path / f"{name}.json").write_text(json.dumps(records))
-    options = [
-        *(f"datasets.{name}.build_info.annotations.train.storage={tmp_path / f'{name}.json'}" for name in ("llava_instruction", "minigpt4_instruction")),
-        "run.batch_size_train=1",
-        "run.max_epoch=1",
-        "run.log_freq=1",
-        "run.num_workers=0",
-        "run.valid_splits=[]",
-        "run.test_splits=[]",
-        "run.dist_timeout_minutes=1",
-        "run.deepspeed_config.zero_optimization.stage=3",
-        f"run.output_dir={tmp_path}",
-        "run.job_id=z3",
-    ]
-    proc = launch("train.py", ["--cfg-path", LLAVA_DEMO, "--options", *options], nproc=2, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "DeepSpeed ZeRO-3, fp32, world size 2, 7 optimizer steps (7 per epoch)" in proc.stderr
-    losses = [r["loss"] for r in all_records(tmp_path / "z3") if "loss" in r]
+    losses = train_zero3_with_text_only(LLAVA_DEMO, tmp_path)
     assert len(losses) == 7 and all(loss == loss and loss < 20 for loss in losses)  # every step logged, finite
-    assert (tmp_path / "z3" / "release" / "model.safetensors").is_file()
-
-
-def test_terminal_chat_and_chat_stream_work_unchanged_on_the_llava_demo(llava_demo_run: Path) -> None:
-    """The terminal chat (piped) answers a two-turn conversation about a held-out image; chat_stream's pieces join to chat's reply."""
-    from lavislite.models.release import load_from_checkpoint
-
-    image, _ = held_out_questions()[0]
-    script = f"/image {DEMO_DATA / 'images' / image}\nWhat colour is the shape?\nAnd what shape is it?\n"
-    proc = subprocess.run(
-        [sys.executable, "-m", "lavislite.chat", "--checkpoint", str(llava_demo_run), "--max-new-tokens", "8"],
-        input=script, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    replies = [line for line in proc.stdout.splitlines() if line.startswith("assistant: ")]
-    meta = {m["file"]: m for m in json.loads((DEMO_DATA / "metadata.json").read_text())}
-    assert replies == [f"assistant: {meta[image]['colour']}", f"assistant: {meta[image]['shape']}"]
-
-    model, _, _ = load_from_checkpoint(str(llava_demo_run))
-    messages = [{"role": "user", "content": "<image>\nWhat shape is in the image?"}]
-    path = str(DEMO_DATA / "images" / image)
-    assert "".join(model.chat_stream([path], messages, max_new_tokens=8)).strip() == model.chat([path], messages, max_new_tokens=8)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from conftest import DEMO_DATA, launch, launch_cmd, metrics
+from conftest import launch, launch_cmd, metrics
 from test_resilience import _by_step, _kill_when, _release
 from test_streaming import write_img2dataset_shards, write_instruction_shards
 

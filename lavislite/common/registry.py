@@ -31,10 +31,18 @@ class RegistryError(KeyError):
 
 
 def close_matches(name: str, candidates: list[str], n: int = 3) -> list[str]:
-    """Returns the candidates closest to ``name`` (best first), for error messages."""
+    """Returns the candidates closest to ``name`` (best first), for error messages.
+
+    Only those about as close as the best one: a one-letter typo of one name
+    suggests that name, not every name that shares a few letters with it.
+    """
     lowered = {c.lower(): c for c in candidates}
     hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)
-    return [lowered[h] for h in hits]
+    if not hits:
+        return []
+    score = lambda h: difflib.SequenceMatcher(None, name.lower(), h).ratio()  # noqa: E731
+    best = score(hits[0])
+    return [lowered[h] for h in hits if score(h) >= best - 0.15]
 
 
 class Registry:

@@ -12,6 +12,7 @@ from lavislite.common.registry import registry
 from lavislite.models.base_model import BaseModel
 from lavislite.models.blip2_qwen import Blip2Qwen
 from lavislite.models.image_lm import ImageTokenLM
+from lavislite.models.instructblip_qwen import InstructBlipQwen
 from lavislite.models.llava import Llava
 from lavislite.models.release import load_from_checkpoint, resolve_checkpoint, write_release
 from lavislite.processors.blip_processors import build_processor
@@ -20,6 +21,7 @@ __all__ = [
     "BaseModel",
     "Blip2Qwen",
     "ImageTokenLM",
+    "InstructBlipQwen",
     "Llava",
     "load_from_checkpoint",
     "load_model",

@@ -126,28 +126,26 @@ class Blip2Qwen(ImageTokenLM):
         nn.init.normal_(self.query_tokens, std=0.02)
         self.qformer = self.build_qformer()
 
-    def qformer_config(self) -> Any:
-        """The transformers config of the Q-Former (``Blip2QFormerConfig``)."""
-        from transformers import Blip2QFormerConfig
-
+    def qformer_kwargs(self) -> dict[str, Any]:
+        """The Q-Former's transformers config arguments (the same for BLIP-2's and InstructBLIP's Q-Former)."""
         v, q = self.cfg.vision, self.cfg.qformer
-        return Blip2QFormerConfig(
-            vocab_size=q.vocab_size,
-            hidden_size=q.hidden_size,
-            num_hidden_layers=q.num_layers,
-            num_attention_heads=q.num_heads,
-            intermediate_size=q.intermediate_size,
-            cross_attention_frequency=q.cross_attention_freq,
-            layer_norm_eps=q.layer_norm_eps,
-            max_position_embeddings=q.max_position_embeddings,
-            encoder_hidden_size=v.hidden_size,
-        )
+        return {
+            "vocab_size": q.vocab_size,
+            "hidden_size": q.hidden_size,
+            "num_hidden_layers": q.num_layers,
+            "num_attention_heads": q.num_heads,
+            "intermediate_size": q.intermediate_size,
+            "cross_attention_frequency": q.cross_attention_freq,
+            "layer_norm_eps": q.layer_norm_eps,
+            "max_position_embeddings": q.max_position_embeddings,
+            "encoder_hidden_size": v.hidden_size,
+        }
 
     def build_qformer(self) -> nn.Module:
         """The Q-Former (queries only: ``Blip2QFormerModel``)."""
-        from transformers import Blip2QFormerModel
+        from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
-        return Blip2QFormerModel(self.qformer_config())
+        return Blip2QFormerModel(Blip2QFormerConfig(**self.qformer_kwargs()))
 
     def build_projector(self, llm_hidden: int) -> None:
         self.proj = nn.Linear(self.cfg.qformer.hidden_size, llm_hidden)

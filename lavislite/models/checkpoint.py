@@ -44,6 +44,7 @@ STAGE1_HEAD = "BLIP-2 stage-1 head (image-text contrastive / matching)"
 OTHER_LLM = "another LLM's weights or projection"
 NO_TARGET = "no matching parameter in the model"
 NO_LORA = "LoRA adapter weights (this model has no LoRA layers there)"
+PROJ_OTHER_WIDTH = "projection for another LLM (its shape does not fit this model's; it trains anew)"
 
 
 def part_of(parts: Mapping[str, tuple[str, ...]], key: str) -> str | None:
@@ -84,6 +85,9 @@ class WeightFormat:
             trained for it): those keys load only when every LLM key fits this
             model's LLM, and are reported as another LLM's otherwise.
         source_key: a converted key back to the file's name, for reports.
+        misfit_parts: parts whose tensors are reported (``PROJ_OTHER_WIDTH``), not
+            loaded, when their shapes do not fit the model: a projection trained
+            for another LLM's width, the common case when the LLM changes.
     """
 
     name: str
@@ -92,6 +96,7 @@ class WeightFormat:
     scope_parts: tuple[str, ...] | None = None
     llm_may_be_foreign: bool = False
     source_key: Callable[[str], str] | None = None
+    misfit_parts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -226,6 +231,16 @@ _QFORMER_TEXT = [
     r"^bert\.encoder\.layer\.\d+\.(intermediate|output)\.(dense|LayerNorm)\.(weight|bias)$",
     r"^cls\.",
 ]
+# An instruction-aware Q-Former (InstructBLIP, transformers' InstructBlipQFormerModel) reads text:
+# its word/position embeddings and the text FFNs load; the embeddings' LayerNorm is its own.
+_QFORMER_TEXT_RULES = [
+    (r"^bert\.embeddings\.LayerNorm\.(weight|bias)$", r"embeddings.layernorm.\1"),
+    (r"^bert\.embeddings\.(word_embeddings|position_embeddings)\.weight$", r"embeddings.\1.weight"),
+    (r"^bert\.encoder\.layer\.(\d+)\.(intermediate|output)\.(dense|LayerNorm)\.(weight|bias)$", r"encoder.layer.\1.\2.\3.\4"),
+]
+# Why an instruction-aware Q-Former leaves a key unused.
+POSITION_IDS = "position ids buffer (transformers computes it)"
+MLM_HEAD = "Q-Former language-modelling head (BLIP-2 stage 1)"
 
 
 def _apply(rules: list[tuple[str, str]], key: str) -> str | None:
@@ -262,8 +277,17 @@ def convert_lavis_vit(sd: dict[str, torch.Tensor], prefix: str = "vision.") -> t
     return out, unused
 
 
-def convert_lavis_blip2(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A LAVIS / MiniGPT4Qwen BLIP-2 state dict -> blip2_qwen keys."""
+def convert_lavis_blip2(sd: dict[str, torch.Tensor], text_branch: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A LAVIS BLIP-2 / InstructBLIP / MiniGPT4Qwen state dict -> lavislite keys.
+
+    Args:
+        sd: the file's state dict (``visual_encoder.*``, ``ln_vision.*``, ``Qformer.bert.*``,
+            ``query_tokens``, ``llm_proj.*`` / ``t5_proj.*``).
+        text_branch: the model's Q-Former reads text (instructblip_qwen): the word and
+            position embeddings and the text FFNs load, and so does a FlanT5
+            InstructBLIP's ``t5_proj`` (as the projection); otherwise they are
+            reported unused (``TEXT_BRANCH``, ``OTHER_LLM``).
+    """
     out: dict[str, torch.Tensor] = {}
     unused: dict[str, str] = {}
     vit = {k[len("visual_encoder.") :]: v for k, v in sd.items() if k.startswith("visual_encoder.")}
@@ -279,17 +303,23 @@ def convert_lavis_blip2(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
             out["query_tokens"] = value
         elif key.startswith("Qformer."):
             sub = key[len("Qformer.") :]
-            new = _apply(_QFORMER_RULES, sub)
+            new = _apply(_QFORMER_TEXT_RULES if text_branch else [], sub) or _apply(_QFORMER_RULES, sub)
             if new is not None:
                 out["qformer." + new] = value
+            elif text_branch and sub == "bert.embeddings.position_ids":
+                unused[key] = POSITION_IDS
+            elif text_branch and sub.startswith("cls."):
+                unused[key] = MLM_HEAD
             elif any(re.match(p, sub) for p in _QFORMER_TEXT):
                 unused[key] = TEXT_BRANCH
             else:
                 unused[key] = NO_TARGET
         elif key.split(".")[0] in ("vision_proj", "text_proj", "itm_head", "temp"):
             unused[key] = STAGE1_HEAD
-        elif key.startswith("llm_proj."):  # MiniGPT4Qwen's name for the projection
+        elif key.startswith("llm_proj."):  # MiniGPT4Qwen's / InstructBLIP-Vicuna's name for the projection
             out["proj." + key[len("llm_proj.") :]] = value
+        elif text_branch and key.startswith("t5_proj."):  # InstructBLIP-FlanT5's
+            out["proj." + key[len("t5_proj.") :]] = value
         elif key.split(".")[0] in ("opt_proj", "t5_proj", "llm_model", "opt_model", "t5_model"):
             # MiniGPT4Qwen's unfrozen-LLM files hold Qwen-1 weights (transformer.h.N.attn.c_attn):
             # another architecture than the Qwen2/3 this model uses.
@@ -502,6 +532,11 @@ def load_checkpoint(
         converted, aside = split_foreign_llm(model, converted, fmt.source_key or (lambda k: k))
         unused.update(aside)
     parts = model_parts(model)
+    if fmt.misfit_parts:
+        converted, misfits = set_aside_misfits(model, converted, tuple(p for part in fmt.misfit_parts for p in parts[part]))
+        # Reported under the file's own names: a converter passes such tensors through as they are.
+        file_key = {id(v): k for k, v in sd.items()}
+        unused.update({file_key.get(id(tensor), k): r for k, (tensor, r) in misfits.items()})
     if scope is None and fmt.scope_parts:
         scope = tuple(p for part in fmt.scope_parts for p in parts[part])
     # A lavislite release holds only what trained: frozen weights in its parts are not "missing".
@@ -513,6 +548,26 @@ def load_checkpoint(
     report = LoadReport(path=path, format=fmt.name, loaded=loaded, unused=unused, missing=missing, parts=held, llm_may_be_foreign=fmt.llm_may_be_foreign)
     logger.info("%s", report.summary())
     return report
+
+
+def set_aside_misfits(
+    model: nn.Module, converted: dict[str, torch.Tensor], prefixes: tuple[str, ...]
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, str]]]:
+    """Takes the tensors under ``prefixes`` whose shapes differ from the model's out of ``converted``.
+
+    They are all set aside together (a projection half loaded would be worse
+    than none), each with a reason that names both shapes.
+
+    Returns:
+        (the tensors to load, ``{key: (tensor, reason)}`` of those set aside).
+    """
+    shapes = {canonical_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    keys = [k for k in converted if k.startswith(prefixes)]
+    misfit = [k for k in keys if shapes.get(canonical_key(k)) not in (None, tuple(converted[k].shape))]
+    if not misfit:
+        return converted, {}
+    aside = {k: (converted[k], f"{PROJ_OTHER_WIDTH}: file {tuple(converted[k].shape)}, model {shapes.get(canonical_key(k))}") for k in keys}
+    return {k: v for k, v in converted.items() if k not in aside}, aside
 
 
 def check_finetuned(report: LoadReport) -> None:

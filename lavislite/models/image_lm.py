@@ -584,7 +584,7 @@ class ImageTokenLM(BaseModel):
             MissingFileError, DataError: an image path that is missing or not an image.
         """
         from lavislite.processors.chat_processor import kept_images
-        from lavislite.processors.collate import collate_chat
+        from lavislite.processors.collate import collate_chat, text_fields
         from lavislite.processors.transforms import open_rgb_image
 
         vis, txt = self.chat_processors()
@@ -597,13 +597,8 @@ class ImageTokenLM(BaseModel):
             else:
                 pil = open_rgb_image(image) if isinstance(image, (str, os.PathLike)) else image
                 tensors.append(vis(pil.convert("RGB")))
-        sample = {"id": "chat", "image": torch.stack(tensors) if tensors else None, "input_ids": torch.tensor(enc["input_ids"])}
-        sample.update(self.chat_sample_extras(enc))
+        sample = {"id": "chat", "image": torch.stack(tensors) if tensors else None, **text_fields(enc, labels=False)}
         return collate_chat([sample], pad_token_id=int(self.tokenizer.pad_token_id), padding_side="left")
-
-    def chat_sample_extras(self, encoded: dict[str, Any]) -> dict[str, Any]:
-        """Further fields of a chat sample, from the text processor's output (a family whose vision path reads text adds them)."""
-        return {}
 
     @torch.no_grad()
     def chat(self, images: list[Any], messages: list[dict[str, Any]], streamer: Any = None, **settings: Any) -> str:

@@ -25,7 +25,7 @@ from lavislite.common.errors import DataError
 from lavislite.common.logger import logger
 from lavislite.common.schema import validate
 from lavislite.processors.base_processor import BaseProcessor
-from lavislite.processors.tokenizers import DEFAULT_SYSTEM_MESSAGE, IMAGE_END, IMAGE_START, IMAGE_TOKEN, load_tokenizer
+from lavislite.processors.tokenizers import DEFAULT_SYSTEM_MESSAGE, IMAGE_END, IMAGE_START, IMAGE_TOKEN, load_qformer_tokenizer, load_tokenizer
 
 IGNORE_INDEX = -100
 
@@ -58,6 +58,11 @@ class ChatConfig:
     image_start: str = IMAGE_START
     image_token: str = IMAGE_TOKEN
     image_end: str = IMAGE_END
+    # InstructBLIP (from the model, like tokenizer): each image's Q-Former also reads an
+    # instruction, tokenized here with the Q-Former's tokenizer up to qformer_max_len
+    # tokens (LAVIS's max_txt_len). "" = no Q-Former text.
+    qformer_tokenizer: str = ""
+    qformer_max_len: int = 128
 
 
 @registry.register_processor("qwen_chat")
@@ -82,6 +87,7 @@ class QwenChatProcessor(BaseProcessor):
         self.image_token_id = int(self.tokenizer.convert_tokens_to_ids(cfg.image_token))
         self.image_start_id = int(self.tokenizer.convert_tokens_to_ids(cfg.image_start))
         self.image_span = cfg.image_start + cfg.image_token * cfg.num_image_tokens + cfg.image_end
+        self.qformer_tokenizer = load_qformer_tokenizer(cfg.qformer_tokenizer) if cfg.qformer_tokenizer else None
         placeholders = sorted(cfg.image_placeholders, key=len, reverse=True)
         self._placeholder_re = re.compile("|".join(re.escape(p) for p in placeholders))
 
@@ -94,8 +100,9 @@ class QwenChatProcessor(BaseProcessor):
         context = context or {}
         if not data.get("tokenizer") and context.get("tokenizer"):
             data["tokenizer"] = context["tokenizer"]
-        if not data.get("num_image_tokens") and context.get("num_image_tokens"):
-            data["num_image_tokens"] = context["num_image_tokens"]
+        for key in ("num_image_tokens", "qformer_tokenizer", "qformer_max_len"):
+            if not data.get(key) and context.get(key):
+                data[key] = context[key]
         return cls(ChatConfig(**validate(ChatConfig, data, "qwen_chat")))
 
     # -- rendering -----------------------------------------------------------
@@ -217,7 +224,8 @@ class QwenChatProcessor(BaseProcessor):
             "truncated_reply": bool}``: ``truncated_reply`` says the cut at ``max_len`` removed
             supervised tokens (a reply cut, its ``<|im_end|>`` lost, or a whole later reply); the images that kept their tokens are ``images[first_image : first_image + num_images]``
             (``kept_images`` picks them): a cut end drops the last images, dropped
-            oldest turns the first ones.
+            oldest turns the first ones. With a Q-Former tokenizer (InstructBLIP) also
+            ``qformer_input_ids``: one id list per kept image (``image_instructions``).
 
         Raises:
             SampleError: placeholders do not match ``num_images``, the turns are
@@ -228,13 +236,52 @@ class QwenChatProcessor(BaseProcessor):
         if found != num_images:
             raise SampleError(f"sample {sample_id}: {found} image placeholder(s) in the text but {num_images} image(s)")
         if add_generation_prompt:
-            return self.fit_prompt(turns, num_images, sample_id)
-        ids, labels = self.encode(turns, num_images, sample_id, add_generation_prompt=False)
-        full_labels = labels
-        ids, labels, kept = self.truncate(ids, labels, num_images)
-        # Supervised tokens past the cut: a reply that lost its end (<|im_end|>), so it would be learnt as never ending.
-        truncated_reply = any(t != IGNORE_INDEX for t in full_labels[len(labels) :])
-        return {"input_ids": ids, "labels": labels, "num_images": kept, "first_image": 0, "truncated_reply": truncated_reply}
+            out = self.fit_prompt(turns, num_images, sample_id)
+        else:
+            ids, labels = self.encode(turns, num_images, sample_id, add_generation_prompt=False)
+            full_labels = labels
+            ids, labels, kept = self.truncate(ids, labels, num_images)
+            # Supervised tokens past the cut: a reply that lost its end (<|im_end|>), so it would be learnt as never ending.
+            truncated_reply = any(t != IGNORE_INDEX for t in full_labels[len(labels) :])
+            out = {"input_ids": ids, "labels": labels, "num_images": kept, "first_image": 0, "truncated_reply": truncated_reply}
+        if self.qformer_tokenizer is not None:
+            first = int(out["first_image"])
+            instructions = self.image_instructions(turns)[first : first + int(out["num_images"])]
+            out["qformer_input_ids"] = self.tokenize_instructions(instructions)
+        return out
+
+    def image_instructions(self, turns: list[dict[str, Any]]) -> list[str]:
+        """The instruction each image's Q-Former reads (InstructBLIP), in image order.
+
+        An image's instruction is the text of the user turn that introduces it,
+        its image placeholders taken out: for a single-turn sample the question
+        (as LAVIS gives the Q-Former the prompt); for a follow-up turn about the
+        same image, still the turn that brought the image, so a conversation's
+        image tokens are the same in every turn (training and chat alike); an
+        image introduced in a later turn reads that turn.
+        """
+        out: list[str] = []
+        for turn in turns:
+            if turn.get("role") != "user":
+                continue
+            content = turn.get("content")
+            n = self.count_images(content)
+            if not n:
+                continue
+            if isinstance(content, str):
+                text = self._placeholder_re.sub(" ", content)
+            else:
+                text = " ".join(p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+            out.extend([" ".join(text.split())] * n)
+        return out
+
+    def tokenize_instructions(self, instructions: list[str]) -> list[list[int]]:
+        """Q-Former token ids of each instruction (``[CLS] ... [SEP]``, cut from the left past ``qformer_max_len``)."""
+        if not instructions:
+            return []
+        assert self.qformer_tokenizer is not None
+        enc = self.qformer_tokenizer(instructions, truncation=True, max_length=self.cfg.qformer_max_len)
+        return [list(ids) for ids in enc["input_ids"]]
 
     def encode(self, turns: list[dict[str, Any]], num_images: int, sample_id: str, add_generation_prompt: bool) -> tuple[list[int], list[int]]:
         """Renders and tokenizes a whole conversation: ``(input_ids, labels)``, nothing cut.

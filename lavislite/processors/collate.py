@@ -39,6 +39,38 @@ def _ids_and_images(batch: list[dict[str, Any]]) -> dict[str, Any]:
     truncated = sum(1 for b in batch if b.get(TRUNCATED_KEY))
     if truncated:
         out[TRUNCATED_KEY] = truncated
+    if any("qformer_input_ids" in b for b in batch):
+        out.update(collate_qformer_text([ids for b in batch for ids in b.get("qformer_input_ids") or []]))
+    return out
+
+
+# The Q-Former tokenizer's [PAD] (bert-base-uncased); padded positions are masked, so any id would do.
+QFORMER_PAD_ID = 0
+
+
+def collate_qformer_text(rows: list[list[int]]) -> dict[str, torch.Tensor]:
+    """One instruction per image (in the batch's image order) -> ``qformer_input_ids`` / ``qformer_attention_mask``.
+
+    Padded on the right to the longest instruction of the batch (LAVIS's
+    ``padding="longest"``); the attention mask covers the text only, the model
+    puts the queries' ones in front.
+    """
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), QFORMER_PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return {"qformer_input_ids": ids, "qformer_attention_mask": mask}
+
+
+def text_fields(text: dict[str, Any], labels: bool = True) -> dict[str, Any]:
+    """A sample's tensors from the chat processor's output: ``input_ids``, ``labels`` and, for InstructBLIP, ``qformer_input_ids``."""
+    out: dict[str, Any] = {"input_ids": torch.tensor(text["input_ids"], dtype=torch.long)}
+    if labels:
+        out["labels"] = torch.tensor(text["labels"], dtype=torch.long)
+    if "qformer_input_ids" in text:
+        out["qformer_input_ids"] = text["qformer_input_ids"]  # one list per image; collate_qformer_text pads them
     return out
 
 

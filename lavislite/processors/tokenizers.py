@@ -231,3 +231,51 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
             raise ValueError(f"the tokenizer has no {token} token: generation needs a Qwen (ChatML) tokenizer")
         ids.append(int(token_id))
     return ids
+
+
+# -- the Q-Former's own tokenizer (InstructBLIP) ------------------------------------------
+BUILTIN_BERT = "builtin:bert-base-uncased"
+# bert-base-uncased's vocab.txt (google-research/bert, Apache-2.0; md5 64800d5d8528ce344256daf115d4965e),
+# shipped gzip-compressed so the Q-Former tokenizer is there offline, as Qwen's is.
+BERT_VOCAB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "bert-base-uncased-vocab.txt.gz")
+# LAVIS adds [DEC] as the Q-Former tokenizer's bos token (id 30522 in bert-base-uncased).
+QFORMER_BOS = "[DEC]"
+# Published bert-base-uncased ids, checked whenever the built-in loads.
+BERT_KNOWN_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103, "the": 1996, QFORMER_BOS: 30522}
+
+
+@functools.lru_cache(maxsize=4)
+def load_qformer_tokenizer(name_or_path: str) -> Any:
+    """The Q-Former's BERT tokenizer as LAVIS builds it: lower-casing WordPiece, ``[DEC]`` as bos, truncation from the left.
+
+    Args:
+        name_or_path: ``builtin:bert-base-uncased`` (the shipped vocabulary, offline),
+            a local folder or a hub id of a BERT tokenizer.
+
+    Raises:
+        TokenizerError: it cannot be loaded, or the built-in does not give bert-base-uncased's ids.
+    """
+    import gzip
+
+    from transformers import AutoTokenizer, BertTokenizer
+
+    try:
+        if name_or_path == BUILTIN_BERT:
+            with tempfile.TemporaryDirectory() as tmp:
+                vocab = os.path.join(tmp, "vocab.txt")
+                with gzip.open(BERT_VOCAB, "rb") as src, open(vocab, "wb") as dst:
+                    dst.write(src.read())
+                tok = BertTokenizer(vocab, do_lower_case=True, model_max_length=512)
+        else:
+            tok = AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as exc:
+        raise TokenizerError(f"cannot load the Q-Former tokenizer '{name_or_path}': {exc}") from exc
+    if tok.bos_token != QFORMER_BOS:
+        tok.add_special_tokens({"bos_token": QFORMER_BOS})
+    tok.truncation_side = "left"  # LAVIS: a long instruction keeps its end (the question)
+    tok.padding_side = "right"
+    if name_or_path == BUILTIN_BERT:
+        got = {t: tok.convert_tokens_to_ids(t) for t in BERT_KNOWN_IDS}
+        if got != BERT_KNOWN_IDS:
+            raise TokenizerError(f"{BERT_VOCAB}: ids {got}, expected bert-base-uncased's {BERT_KNOWN_IDS}")
+    return tok

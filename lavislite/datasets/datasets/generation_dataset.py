@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from lavislite.datasets.bad_samples import BadSamplePolicy, BadSampleRecord, BuildProblems
 from lavislite.datasets.datasets.instruction_dataset import check_images_exist, load_image_tensor
 from lavislite.processors.chat_processor import SampleError, kept_images
-from lavislite.processors.collate import collate_chat
+from lavislite.processors.collate import collate_chat, text_fields
 
 
 @dataclass
@@ -115,7 +115,7 @@ class GenerationDataset(Dataset):
         return {
             "id": sample.id,
             "image": torch.stack(images) if images else None,
-            "input_ids": torch.tensor(text["input_ids"], dtype=torch.long),
+            **text_fields(text, labels=False),
             "references": sample.references,
             "extra": sample.extra,
         }

@@ -29,7 +29,7 @@ from lavislite.datasets.bad_samples import BAD_SAMPLES_KEY, TRUNCATED_KEY, BadSa
 from lavislite.processors.chat_processor import IGNORE_INDEX, SampleError  # noqa: F401  (IGNORE_INDEX: re-exported)
 from lavislite.processors.transforms import load_image
 # The collation of chat tensors lives in processors/ (models use it too); re-exported here.
-from lavislite.processors.collate import collate_chat  # noqa: F401
+from lavislite.processors.collate import collate_chat, text_fields  # noqa: F401
 
 
 __all__ = [
@@ -489,8 +489,7 @@ class InstructionDataset(Dataset):
         item = {
             "id": sample.id,
             "image": torch.stack(images) if images else None,
-            "input_ids": torch.tensor(text["input_ids"], dtype=torch.long),
-            "labels": torch.tensor(text["labels"], dtype=torch.long),
+            **text_fields(text),
         }
         if cut:
             item[TRUNCATED_KEY] = True

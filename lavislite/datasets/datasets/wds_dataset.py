@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -58,7 +57,7 @@ from lavislite.common.utils import as_list, resolve_data_path
 from lavislite.datasets.datasets.instruction_dataset import Sample, parse_llava, parse_minigpt4
 from lavislite.datasets.datasets.samplers import sample_seed, seeded
 from lavislite.processors.chat_processor import SampleError
-from lavislite.processors.collate import BAD_SAMPLES_KEY, collate_chat
+from lavislite.processors.collate import BAD_SAMPLES_KEY, collate_chat, text_fields
 from lavislite.processors.transforms import load_image
 
 __all__ = [
@@ -513,8 +512,7 @@ class ShardStream(IterableDataset):
         return {
             "id": sample.id,
             "image": torch.stack(tensors) if tensors else None,
-            "input_ids": torch.tensor(text["input_ids"], dtype=torch.long),
-            "labels": torch.tensor(text["labels"], dtype=torch.long),
+            **text_fields(text),
         }
 
     def stream_batches(self, stream: int, start_batches: int = 0) -> Iterator[dict[str, Any]]:

@@ -39,6 +39,8 @@ COLOURS = ("red", "green", "blue", "yellow")
 COLOUR_QUESTION = "What colour is the shape?"
 SHAPE_QUESTION = "What shape is in the image?"
 DEMO_LAYOUTS = ("pope", "gqa", "scienceqa", "okvqa", "flickr30k")
+# Keys a config needs beside build_info to read what this script writes (the demo's images keep their names).
+DATASET_KEYS: dict[str, dict[str, Any]] = {"okvqa": {"image_pattern": "shape_{image_id:03d}.jpg"}}
 
 Meta = dict[str, Any]
 

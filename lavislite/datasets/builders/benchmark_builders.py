@@ -438,20 +438,26 @@ def _listing(folder: str) -> set[str]:
 # -- captions: NoCaps, Flickr30k -------------------------------------------------------------
 
 
+class CaptionBenchmarkBuilder(BenchmarkBuilder):
+    """A captioning benchmark: every image gets the same prompt, ``datasets.<name>.prompt``."""
+
+    Config: type = CaptionBuilderConfig
+
+    def prompt(self, body: str) -> str:
+        return with_image(str(self.config.prompt))
+
+
 @dataclass
 class NocapsConfig(CaptionBuilderConfig):
     scorer: str = "nocaps"
 
 
 @registry.register_builder("nocaps")
-class NocapsBuilder(BenchmarkBuilder):
+class NocapsBuilder(CaptionBenchmarkBuilder):
     """NoCaps val: ``nocaps_val_4500_captions.json`` (COCO format: ``images`` with ``domain``, ``annotations``); CIDEr overall and per domain."""
 
     Config = NocapsConfig
     DATASET_CONFIG_DICT = {"default": "configs/datasets/nocaps/defaults.yaml"}
-
-    def prompt(self, body: str) -> str:
-        return with_image(str(self.config.prompt))
 
     def read(self, paths: list[str], vis_root: str, problems: BuildProblems) -> list[PromptSample]:
         samples = []
@@ -481,14 +487,11 @@ class Flickr30kConfig(CaptionBuilderConfig):
 
 
 @registry.register_builder("flickr30k")
-class Flickr30kBuilder(BenchmarkBuilder):
+class Flickr30kBuilder(CaptionBenchmarkBuilder):
     """Flickr30k captions: Karpathy's ``dataset_flickr30k.json`` (``images`` with ``split``, ``sentences``), or LAVIS's ``[{image, caption: [...], image_id}]``."""
 
     Config = Flickr30kConfig
     DATASET_CONFIG_DICT = {"default": "configs/datasets/flickr30k/defaults.yaml"}
-
-    def prompt(self, body: str) -> str:
-        return with_image(str(self.config.prompt))
 
     def read(self, paths: list[str], vis_root: str, problems: BuildProblems) -> list[PromptSample]:
         samples = []

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Hashable, Mapping
 from typing import Any
 
-from ._ids import describe_missing_ids
+from ._ids import require_predictions
 
 __all__ = ["gqa_answer", "gqa_scores"]
 
@@ -68,9 +68,7 @@ def gqa_scores(questions: Mapping[Hashable, Mapping[str, Any]], predictions: Map
     Raises:
         ValueError: a balanced question without a prediction (as ``eval.py``).
     """
-    missing = [q for q, question in questions.items() if question.get("isBalanced") and q not in predictions]
-    if missing:
-        raise ValueError(f"no prediction for GQA question id(s) {describe_missing_ids(missing, predictions, 'question', 'prediction')}")
+    require_predictions([q for q, question in questions.items() if question.get("isBalanced")], predictions, "GQA question")
     scores: dict[str, list[float]] = {"accuracy": [], "binary": [], "open": []}
     detailed: dict[str, dict[str, list[float]]] = {
         name: defaultdict(list) for name in ("accuracyPerStructuralType", "accuracyPerSemanticType", "accuracyPerSteps", "accuracyPerLength")

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from ._ids import describe_missing_ids
+from ._ids import require_predictions
 
 __all__ = ["pope_answer", "pope_mean", "pope_scores"]
 
@@ -61,9 +61,7 @@ def pope_scores(labels: Sequence[Mapping[str, Any]], predictions: Mapping[Hashab
     ids = [line["question_id"] for line in labels]
     if len(set(ids)) != len(ids):
         raise ValueError("a POPE split repeats a question_id; score each split (random / popular / adversarial) on its own")
-    missing = [q for q in ids if q not in predictions]
-    if missing:
-        raise ValueError(f"no prediction for POPE question id(s) {describe_missing_ids(missing, predictions, 'label', 'prediction')}")
+    require_predictions(ids, predictions, "POPE question")
     tp = fp = tn = fn = 0
     per_question: dict[Hashable, bool] = {}
     for line, question_id in zip(labels, ids):

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from ._ids import describe_missing_ids
+from ._ids import require_predictions
 from .vqa import process_digit_article, process_punctuation
 
 __all__ = ["textvqa_answer_scores", "textvqa_normalize", "textvqa_scores"]
@@ -67,9 +67,7 @@ def textvqa_scores(data: Sequence[Mapping[str, Any]], predictions: Mapping[Hasha
     if not data:
         raise ValueError("no TextVQA questions to score")
     ids = [entry["question_id"] for entry in data]
-    missing = [q for q in ids if q not in predictions]
-    if missing:
-        raise ValueError(f"no prediction for TextVQA question id(s) {describe_missing_ids(missing, predictions, 'question', 'prediction')}")
+    require_predictions(ids, predictions, "TextVQA question")
     per_question: dict[Hashable, float] = {}
     scores = []
     for entry, question_id in zip(data, ids):

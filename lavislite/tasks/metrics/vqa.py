@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from ._ids import describe_missing_ids
+from ._ids import describe_missing_ids, require_predictions
 
 __all__ = ["normalize_vqa_answer", "process_digit_article", "process_punctuation", "vizwiz_accuracy", "vqa_accuracy"]
 
@@ -284,9 +284,7 @@ def vizwiz_accuracy(annotations: Sequence[Mapping[str, Any]], predictions: Mappi
     ids = [annotation["image"] for annotation in annotations]
     if len(set(ids)) != len(ids):
         raise ValueError("VizWiz questions are keyed by their image; an image repeats")
-    missing = [q for q in ids if q not in predictions]
-    if missing:
-        raise ValueError(f"no prediction for VizWiz question(s) {describe_missing_ids(missing, predictions, 'annotation', 'prediction')}")
+    require_predictions(ids, predictions, "VizWiz question")
     per_question: dict[Hashable, float] = {}
     overall: list[float] = []
     by_type: dict[str, list[float]] = {}

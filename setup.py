@@ -46,6 +46,7 @@ setup(
             "lavislite-chat=lavislite.chat:cli",
             "lavislite-webui=lavislite.webui:cli",
             "lavislite-make-shards=lavislite.datasets.make_shards:cli",
+            "lavislite-score=lavislite.score:cli",
         ]
     },
     install_requires=[

@@ -5,8 +5,14 @@
     torchrun --nproc_per_node=8 -m lavislite.evaluate --cfg-path X.yaml
 
 Each rank scores a strided shard (every sample exactly once, whatever the
-split size); rank 0 writes ``results/<dataset>_<split>.json`` and
-``metrics.json`` into ``output_dir/<job_id>/`` and prints a table. Every split
+split size); rank 0 writes ``results/<dataset>_<split>.json``,
+``metrics.json`` and ``results.md`` (the headline metric of each benchmark,
+with its prompt and generation settings) into ``output_dir/<job_id>/`` and
+prints a table. A suite (``run.task: benchmark``, several datasets) runs in
+one process group; every dataset's files and images are checked before the
+model is built, and those that are missing are all named at once
+(``run.on_missing: error``) or left out and listed in ``results.md``
+(``run.on_missing: skip``). Every split
 is read with the dataset's eval processors (no random crop or flip), so the
 same checkpoint gives the same numbers every time. The metrics table goes to
 stdout (the log to stderr); a checkpoint that is not there fails before
@@ -52,14 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lavislite.common import dist_utils
+    from lavislite.common.io import atomic_write
     from lavislite.common.logger import FILE_ONLY, logger
+    from lavislite.tasks.report import results_markdown
     from lavislite.tasks import setup_task
     from lavislite.models.release import precision_dtype
     from lavislite.tasks.base_task import write_json
 
     run = cfg.run_cfg
     task = setup_task(cfg)
-    datasets = task.build_datasets(cfg, for_evaluation=True)
+    datasets, skipped = task.build_eval_datasets(cfg)
     model = task.build_model(cfg, for_evaluation=True)
     device = torch.device("cuda", dist_utils.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
     # The run's own precision, so a standalone evaluation reproduces the run's metrics (and a bf16 7B fits).
@@ -79,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
                 metrics[key] = task.evaluation(model, by_split[split], key, run.batch_size_eval, run.num_workers, ctx.output_dir)
     if dist_utils.is_main_process():
         write_json(f"{ctx.output_dir}/metrics.json", metrics)
+        about = {
+            "model": f"{cfg.model_cfg.arch} ({cfg.model_cfg.get('model_type')})",
+            "checkpoint": str(cfg.model_cfg.get("finetuned") or "none (the model's pretrained weights)") if cfg.model_cfg.get("load_finetuned") is not False else "none",
+            "precision": precision,
+            "processes": str(dist_utils.get_world_size()),
+            "config": os.path.abspath(cfg.cfg_path),
+        }
+        atomic_write(os.path.join(ctx.output_dir, "results.md"), results_markdown(metrics, skipped, about))
         table = metrics_table(metrics)
         # The result is the program's output (stdout, for a pipe or a file); the log keeps a copy.
         logger.info("evaluation:\n%s", table, extra=FILE_ONLY)
@@ -132,13 +148,21 @@ def evaluation_precision(cfg: Any, args: argparse.Namespace) -> tuple[str, str]:
     return str(cfg.run_cfg.precision), "run.precision default"
 
 
-def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
-    """A plain-text table: one row per split, one column per metric."""
-    # Scalars only; per-type breakdowns (VQA) stay in metrics.json.
-    columns = sorted({k for m in metrics.values() for k, v in m.items() if k != "agg_metrics" and not isinstance(v, dict)}) + ["agg_metrics"]
-    rows = [["split", *columns]]
-    for key, m in metrics.items():
-        rows.append([key, *(f"{m[c]:.4f}" if isinstance(m.get(c), float) else str(m.get(c, "")) for c in columns)])
+def metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table: one row per split; one column per metric, or for a suite of benchmarks its headline metric."""
+    if len({key.split("/", 1)[0] for key in metrics}) > 1:
+        # Benchmarks share few metric names: their headline, as results.md shows it.
+        rows = [["split", "metric", "score", "n_samples", "agg_metrics"]]
+        for key, m in metrics.items():
+            headline = (m.get("settings") or {}).get("headline") or {"metric": "agg_metrics", "value": m.get("agg_metrics")}
+            value = headline.get("value")
+            rows.append([key, str(headline.get("metric")), f"{value:.4f}" if isinstance(value, (int, float)) else "", str(m.get("n_samples", "")), f"{float(m['agg_metrics']):.4f}"])
+    else:
+        # Scalars only; per-type breakdowns (VQA) stay in metrics.json.
+        columns = sorted({k for m in metrics.values() for k, v in m.items() if k != "agg_metrics" and not isinstance(v, dict)}) + ["agg_metrics"]
+        rows = [["split", *columns]]
+        for key, m in metrics.items():
+            rows.append([key, *(f"{m[c]:.4f}" if isinstance(m.get(c), float) else str(m.get(c, "")) for c in columns)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) for r in rows)
 

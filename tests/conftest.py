@@ -238,8 +238,65 @@ def demo_data_config(path: Path, builder: str, annotations: Path, run: dict[str,
     return path
 
 
+def tiny_release(folder: Path) -> Path:
+    """The demo model with random weights as a release folder (what a run writes in release/), in seconds."""
+    import torch
+
+    from lavislite.models import load_model, write_release
+
+    torch.manual_seed(0)
+    model = load_model("blip2_qwen", "demo", **demo_model_overrides())  # the shapes the demo eval configs build
+    config = {"model": {"arch": "blip2_qwen", "model_type": "demo", **demo_model_overrides()}, "datasets": {}, "run": {}}
+    write_release(str(folder), model.trainable_state_dict(), config)
+    return folder
+
+
+def make_eval_suite_data() -> Any:
+    """``projects/demo/make_eval_suite_data.py`` as a module: writes the demo's held-out images in each benchmark's layout."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_eval_suite_data", REPO / "projects" / "demo" / "make_eval_suite_data.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_suite_config(path: Path, infos: dict[str, dict[str, Any]], run: dict[str, Any] | None = None, datasets: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Writes a suite run config: the demo model, each benchmark's ``build_info`` (``infos``), the demo's processors.
+
+    Args:
+        infos: ``{benchmark: build_info}`` (``make_eval_suite_data.write_layouts``).
+        run: ``run`` keys over ``task: benchmark`` and ``test_splits``: every split name of ``infos``.
+        datasets: more keys per benchmark (``prompt_suffix``, ``generate``, ...), over the
+            script's ``DATASET_KEYS`` (OK-VQA's image names).
+    """
+    from omegaconf import OmegaConf
+
+    keys = make_eval_suite_data().DATASET_KEYS
+    splits = sorted({split for info in infos.values() for split in info["annotations"]})
+
+    sections = {
+        name: {
+            "build_info": info,
+            "vis_processor": {"eval": {"name": "blip_image_eval", "image_size": 64}},
+            "text_processor": {"eval": {"name": "qwen_chat", "max_len": 256}},
+            **keys.get(name, {}),
+            **(datasets or {}).get(name, {}),
+        }
+        for name, info in infos.items()
+    }
+    config = {
+        "model": {"arch": "blip2_qwen", "model_type": "demo", **demo_model_overrides()},
+        "datasets": sections,
+        "run": {"task": "benchmark", "test_splits": splits, "batch_size_eval": 4, "num_workers": 0, "precision": "fp32", **(run or {})},
+    }
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+    return path
+
+
 # Test files whose tests train or launch processes (minutes each on 2 cores).
-SLOW_FILES = {"test_instructblip_demo.py", "test_llava_demo.py", "test_resilience.py", "test_streaming_dist.py", "test_train_e2e.py", "test_benchmarks.py", "test_runner_launch.py", "test_runner_positions.py", "test_zero3_text_only.py", "test_evaluation_e2e.py", "test_webui.py"}
+SLOW_FILES = {"test_instructblip_demo.py", "test_llava_demo.py", "test_resilience.py", "test_streaming_dist.py", "test_train_e2e.py", "test_benchmarks.py", "test_runner_launch.py", "test_runner_positions.py", "test_zero3_text_only.py", "test_evaluation_e2e.py", "test_webui.py", "test_benchmark_suite_e2e.py"}
 # Fixtures that train a run once per session.
 SLOW_FIXTURES = {"demo_run", "zero2_run", "llava_demo_run", "instructblip_demo_run"}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEMO_DATA, REPO, launch
+from conftest import DEMO_DATA, REPO, launch, tiny_release
 from lavislite.common.registry import registry
 from lavislite.tasks.metrics import vqa_accuracy
 
@@ -79,28 +79,13 @@ def test_vqa_task_scores_a_right_answer_100_when_the_humans_agree() -> None:
     assert metrics["overall"] == pytest.approx(round(100 * (1 + 0.3 + 0) / 3, 2))
 
 
-def _tiny_release(folder: Path) -> Path:
-    """The demo model with random weights as a release folder (what a run writes in release/), in seconds."""
-    import torch
-
-    from lavislite.models import load_model, write_release
-
-    from conftest import demo_model_overrides
-
-    torch.manual_seed(0)
-    model = load_model("blip2_qwen", "demo", **demo_model_overrides())  # the shapes the demo eval configs build
-    config = {"model": {"arch": "blip2_qwen", "model_type": "demo", **demo_model_overrides()}, "datasets": {}, "run": {}}
-    write_release(str(folder), model.trainable_state_dict(), config)
-    return folder
-
-
 def test_evaluate_prints_the_table_on_stdout_reports_nothing_trainable_and_sorts_results_by_id(tmp_path: Path) -> None:
     """Issue 15 (newcomer traps): the table went to stderr (stdout empty); the parameter table called the
     ViT (and every part the eval config does not freeze) "trainable"; results came in the order the
     processes (and the file) gave them. Five captions whose file lists the ids in descending order."""
     records = json.loads((DEMO_DATA / "eval_caption.json").read_text())[:5][::-1]
     (tmp_path / "captions.json").write_text(json.dumps(records))
-    release = _tiny_release(tmp_path / "release")
+    release = tiny_release(tmp_path / "release")
     proc = launch(
         "evaluate.py",
         ["--cfg-path", EVAL_CAPTION, "--checkpoint", str(release), "--options", f"datasets.coco_caption.build_info.annotations.test.storage={tmp_path / 'captions.json'}",

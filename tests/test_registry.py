@@ -12,7 +12,8 @@ def test_builtin_names_are_registered_by_importing_lavislite() -> None:
     assert "blip2_qwen" in registry.list_models()
     assert {"minigpt4_instruction", "llava_instruction", "coco_caption", "vqav2"} <= set(registry.list_builders())
     assert {"blip2_image_train", "blip_image_eval", "blip_caption", "blip_question", "qwen_chat"} <= set(registry.list_processors())
-    assert registry.list_tasks() == ["captioning", "image_text_pretrain", "vqa"]
+    assert registry.list_tasks() == ["benchmark", "captioning", "image_text_pretrain", "vqa"]
+    assert {"caption", "gqa", "mme", "nocaps", "pope", "scienceqa", "textvqa", "vizwiz", "vqa"} <= set(registry.list_scorers())
     assert registry.list_runners() == ["runner_base", "runner_iter"]
     assert registry.list_lr_schedulers() == ["constant_lr", "linear_warmup_cosine_lr", "linear_warmup_step_lr"]
 

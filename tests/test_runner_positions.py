@@ -60,6 +60,18 @@ class NaNThenFinite(VQATask):
         value = [math.nan, 0.5, 0.25][type(self).calls % 3]
         type(self).calls += 1
         return {"agg_metrics": value}
+
+
+@registry.register_task("f1_rises_agg_falls")
+class F1RisesAggFalls(VQATask):
+    """Validation gives agg_metrics 1.0 then 0.1, and a nested random/f1 of 0.2 then 0.9 (no generation)."""
+
+    calls = 0
+
+    def evaluation(self, *args, **kwargs):
+        k = type(self).calls % 2
+        type(self).calls += 1
+        return {"agg_metrics": [1.0, 0.1][k], "random": {"f1": [0.2, 0.9][k]}}
 '''
 
 
@@ -163,6 +175,20 @@ def test_a_nan_validation_never_becomes_the_best(tmp_path: Path, helpers: Path) 
     assert "agg_metrics is nan, not a number the best weights can be kept by; the best stays none yet" in proc.stderr
     assert "using the best weights (step 4, agg_metrics 0.5000)" in proc.stderr
     assert _state(run_dir, "epoch_2")["best_metric"] == 0.5
+
+
+def test_run_best_metric_keeps_best_by_that_number_not_by_the_mean_agg_metrics(tmp_path: Path, helpers: Path) -> None:
+    """Issue 17: run.best_metric=vqav2/val/random/f1 keeps the second epoch (f1 0.9), where agg_metrics would keep the first."""
+    proc = _train(
+        tmp_path, "f1", [*TINY, "run.max_epoch=2", "run.valid_splits=[val]", "run.task=f1_rises_agg_falls", f"run.imports=[{helpers}]", "run.best_metric=vqav2/val/random/f1"]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "f1"
+    valid = [r for r in all_records(run_dir) if "valid" in r]
+    assert [(r["agg_metrics"], r["best_value"], r["best"]) for r in valid] == [(1.0, 0.2, True), (0.1, 0.9, True)]
+    assert json.loads((run_dir / "best" / "info.json").read_text()) == {"global_step": 4, "vqav2/val/random/f1": 0.9}
+    assert "using the best weights (step 4, vqav2/val/random/f1 0.9000)" in proc.stderr
+    assert _state(run_dir, "epoch_1")["best_metric_name"] == "vqav2/val/random/f1"
 
 
 def test_a_missing_best_folder_at_the_end_is_an_error_not_a_silent_release_of_the_last_weights(tmp_path: Path, helpers: Path) -> None:

@@ -323,6 +323,27 @@ def mixing_problems(run: dict[str, Any], datasets: dict[str, dict[str, Any]]) ->
     return problems
 
 
+def best_metric_problems(run: dict[str, Any], datasets: dict[str, dict[str, Any]]) -> list[str]:
+    """``run.best_metric`` (``dataset/split/metric``) names a configured dataset and one of its ``run.valid_splits``.
+
+    The metric itself is known only once the split is scored; a name the scores
+    lack fails at the first validation, listing the ones they have.
+    """
+    name = run.get("best_metric")
+    if not name:
+        return []
+    parts = str(name).split("/")
+    if len(parts) < 3 or not all(parts):
+        return [f"run.best_metric: '{name}' must be dataset/split/metric (e.g. pope/test/f1)"]
+    dataset, split = parts[0], parts[1]
+    if dataset not in datasets:
+        hint = close_matches(dataset, list(datasets), n=1)
+        return [f"run.best_metric: '{name}' names dataset '{dataset}', which the config does not have" + (f"; did you mean '{hint[0]}'?" if hint else f" (it has {', '.join(datasets) or 'none'})")]
+    if split not in (run.get("valid_splits") or []):
+        return [f"run.best_metric: '{name}' names split '{split}', which is not in run.valid_splits ({', '.join(run.get('valid_splits') or []) or 'empty'}); only validation picks the best weights"]
+    return []
+
+
 def known_key_paths(user: DictConfig, task_cls: type | None, runner_cls: type | None) -> list[str]:
     """Every key path the run config could hold: the arch's model schema, the builders' and the run schema.
 
@@ -430,6 +451,10 @@ def build_config(user: DictConfig, source: str = "", purpose: str | None = None)
         problems.extend(split_problems(merged["run"], merged["datasets"], purpose))
     if purpose != "evaluate" and merged["run"] is not None and not problems:
         problems.extend(mixing_problems(merged["run"], merged["datasets"]))
+        problems.extend(best_metric_problems(merged["run"], merged["datasets"]))
+    if task_cls is not None and merged["run"] is not None and not problems and hasattr(task_cls, "config_problems"):
+        # Rules of the task across sections (a benchmark's scorer and generation settings).
+        problems.extend(task_cls.config_problems(merged["run"], merged["datasets"]))
     if problems:
         if any(": unknown key" in p for p in problems):
             known = known_key_paths(user, task_cls, runner_cls)

@@ -1,7 +1,7 @@
 """The one registry of lavislite.
 
 Every name a run config uses (model arch, builder, processor, task, runner,
-lr scheduler) is looked up here. One ``Registry`` class holds one namespace per
+lr scheduler, scorer) is looked up here. One ``Registry`` class holds one namespace per
 kind; ``registry`` is the single instance the whole library shares.
 
 A lookup never returns ``None``: an unknown name raises ``RegistryError`` that
@@ -16,7 +16,7 @@ from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
-KINDS = ("model", "processor", "builder", "task", "runner", "lr_scheduler")
+KINDS = ("model", "processor", "builder", "task", "runner", "lr_scheduler", "scorer")
 
 
 class RegistryError(KeyError):
@@ -135,6 +135,10 @@ class Registry:
     def register_lr_scheduler(self, name: str) -> Callable[[T], T]:
         return self.register("lr_scheduler", name)
 
+    def register_scorer(self, name: str) -> Callable[[T], T]:
+        """A benchmark's scorer: generated replies -> the benchmark's official metrics (``tasks.scorers``)."""
+        return self.register("scorer", name)
+
     def get_model_class(self, name: str) -> Any:
         return self.get("model", name)
 
@@ -153,6 +157,9 @@ class Registry:
     def get_lr_scheduler_class(self, name: str) -> Any:
         return self.get("lr_scheduler", name)
 
+    def get_scorer_class(self, name: str) -> Any:
+        return self.get("scorer", name)
+
     def list_models(self) -> list[str]:
         return self.list("model")
 
@@ -170,6 +177,9 @@ class Registry:
 
     def list_lr_schedulers(self) -> list[str]:
         return self.list("lr_scheduler")
+
+    def list_scorers(self) -> list[str]:
+        return self.list("scorer")
 
     # -- paths ---------------------------------------------------------------
     def register_path(self, name: str, path: str) -> None:

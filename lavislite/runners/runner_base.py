@@ -45,6 +45,7 @@ from lavislite.datasets.datasets.samplers import (
 from lavislite.models.losses import count_supervised_tokens
 from lavislite.runners import checkpoints as ckpt
 from lavislite.runners.deepspeed_config import build_deepspeed_config, fill_deepspeed_config
+from lavislite.tasks.scorers import lookup_metric, numeric_paths
 
 
 @dataclass
@@ -101,8 +102,12 @@ class RunnerConfig:
     # with sample_ratio; runner_iter's data passes are this long too.
     samples_per_epoch: int | None = None
     train_splits: list[str] = field(default_factory=lambda: ["train"])
-    # validation every val_freq epochs (best weights by agg_metrics); test splits at the end, with the best weights
+    # validation every val_freq epochs (best weights by best_metric); test splits at the end, with the best weights
     valid_splits: list[str] = field(default_factory=list)
+    # The metric that picks best/, dataset/split/metric (a / path into nested metrics:
+    # pope/test/f1, mme/test/Perception/total); higher is better. Default: the mean of
+    # every validation split's agg_metrics (whatever their scales).
+    best_metric: str | None = None
     test_splits: list[str] = field(default_factory=list)
     val_freq: int = 1
     # logging / checkpoints
@@ -928,34 +933,58 @@ class RunnerBase:
             for key, ds in self.split_list(splits)
         }
 
+    @property
+    def selection_name(self) -> str:
+        """What picks ``best/``: ``run.best_metric``, else ``agg_metrics`` (the mean over validation splits)."""
+        return str(self.run.get("best_metric") or "agg_metrics")
+
+    def selection_value(self, results: dict[str, dict[str, Any]]) -> float:
+        """The number ``best/`` is kept by, from one validation's metrics.
+
+        Raises:
+            ConfigError: ``run.best_metric`` names a metric the split's scores do not have (the ones they have are listed).
+        """
+        name = self.run.get("best_metric")
+        if not name:
+            return sum(float(m["agg_metrics"]) for m in results.values()) / len(results)
+        dataset, split, path = name.split("/", 2)
+        scores = results.get(f"{dataset}/{split}", {})
+        value = lookup_metric(scores, path)
+        if value is None:
+            have = ", ".join(numeric_paths(scores, f"{dataset}/{split}")) or "no scores"
+            raise ConfigError([f"run.best_metric: validation scored no '{name}'; it has {have}"])
+        return value
+
     def validate(self, epoch: int) -> None:
-        """Scores ``run.valid_splits``, logs the metrics, keeps the best weights by ``agg_metrics``."""
+        """Scores ``run.valid_splits``, logs the metrics, keeps the best weights by ``run.best_metric`` (default: the mean ``agg_metrics``)."""
         results = self.evaluate_splits(list(self.run.valid_splits), output_dir=None)
         if not results:
             return
         agg = sum(float(m["agg_metrics"]) for m in results.values()) / len(results)
+        value, label = self.selection_value(results), self.selection_name
         # A NaN compares false with everything: kept as the best, it would never
         # be beaten. A non-finite metric never improves and is never stored.
-        finite = math.isfinite(agg)
-        improved = finite and (self.best_metric is None or agg > self.best_metric)
+        finite = math.isfinite(value)
+        improved = finite and (self.best_metric is None or value > self.best_metric)
         if not finite and dist_utils.is_main_process():
             logger.warning(
-                "validation at step %d: agg_metrics is %s, not a number the best weights can be kept by; the best stays %s",
-                self.global_step, agg, "none yet" if self.best_metric is None else f"{self.best_metric:.4f}",
+                "validation at step %d: %s is %s, not a number the best weights can be kept by; the best stays %s",
+                self.global_step, label, value, "none yet" if self.best_metric is None else f"{self.best_metric:.4f}",
             )
         if dist_utils.is_main_process():
             scalars = {f"{key}/{k}": float(v) for key, m in results.items() for k, v in m.items() if isinstance(v, (int, float))}
-            self._write_record({"step": self.global_step, "epoch": epoch, "valid": results, "agg_metrics": agg, "best": improved}, "valid", scalars)
-            logger.info("validation at step %d: agg_metrics %.4f%s", self.global_step, agg, " (best so far)" if improved else "")
+            chosen = {"best_metric": label, "best_value": value} if label != "agg_metrics" else {}
+            self._write_record({"step": self.global_step, "epoch": epoch, "valid": results, "agg_metrics": agg, **chosen, "best": improved}, "valid", scalars)
+            logger.info("validation at step %d: %s %.4f%s", self.global_step, label, value, " (best so far)" if improved else "")
         if improved:
-            self.best_metric = agg
+            self.best_metric = value
             self.save_best()
 
     def save_best(self) -> None:
         """The trainable weights of the best validation so far, in ``<run>/best/`` (replaced in one step)."""
         state = self.gather_trainable()
         if dist_utils.is_main_process():
-            ckpt.write_best(os.path.join(self.output_dir, ckpt.BEST), state, {"global_step": self.global_step, "agg_metrics": self.best_metric})
+            ckpt.write_best(os.path.join(self.output_dir, ckpt.BEST), state, {"global_step": self.global_step, self.selection_name: self.best_metric})
         dist_utils.barrier()
 
     def load_best(self) -> None:
@@ -971,15 +1000,16 @@ class RunnerBase:
             if self.best_metric is not None:
                 raise CheckpointError(
                     f"{best_dir} is missing (or has no {ckpt.BEST_WEIGHTS}), but validation kept the best weights there "
-                    f"(agg_metrics {self.best_metric:.4f}); the last weights are not tested or released in their place. "
+                    f"({self.selection_name} {self.best_metric:.4f}); the last weights are not tested or released in their place. "
                     "To test and release the last weights instead, resume with --options run.valid_splits=[]"
                 )
-            logger.warning("no validation gave a finite agg_metrics: the test and the release use the last weights (step %d)", self.global_step)
+            logger.warning("no validation gave a finite %s: the test and the release use the last weights (step %d)", self.selection_name, self.global_step)
             return
         from safetensors.torch import load_file
 
         self.load_trainable(load_file(os.path.join(best_dir, ckpt.BEST_WEIGHTS)))
-        logger.info("using the best weights (step %d, agg_metrics %.4f) for testing and the release", info["global_step"], info["agg_metrics"])
+        kept = info.get(self.selection_name, info.get("agg_metrics", float("nan")))
+        logger.info("using the best weights (step %d, %s %.4f) for testing and the release", info["global_step"], self.selection_name, kept)
 
     def finish(self) -> None:
         """After the last step: the best weights back in place, the test splits, the release."""
@@ -1053,6 +1083,7 @@ class RunnerBase:
             "samples": next_batch * layout["batch_size_train"] * layout["world_size"],
             "global_step": self.global_step,
             "best_metric": self.best_metric,
+            "best_metric_name": self.selection_name,
             "nonfinite_steps": self.nonfinite_steps,
             "bad_samples": self.bad_tracker.state(),
             **layout,
@@ -1151,6 +1182,11 @@ class RunnerBase:
         best = state.get("best_metric")
         # An older run may have stored a NaN best, which nothing could ever beat.
         self.best_metric = float(best) if best is not None and math.isfinite(float(best)) else None
+        kept_by = state.get("best_metric_name", "agg_metrics")
+        if self.best_metric is not None and kept_by != self.selection_name:
+            # A best kept by another number cannot be compared with this run's.
+            logger.warning("%s kept best/ by %s; this run keeps it by %s, so the next validation starts a new best", path, kept_by, self.selection_name)
+            self.best_metric = None
         self.nonfinite_steps = int(state.get("nonfinite_steps", 0))
         self.bad_tracker.load_state(state.get("bad_samples"))
         rng_path = ckpt.rng_file(path, dist_utils.get_rank())

@@ -3,9 +3,10 @@
 from lavislite.common.config import Config
 from lavislite.common.registry import registry
 from lavislite.tasks.base_task import BaseTask, ImageTextPretrainTask
-from lavislite.tasks.generation_tasks import CaptionTask, VQATask
+from lavislite.tasks.generation_tasks import CaptionTask, GenerationTask, VQATask
+from lavislite.tasks.scorers import Scorer
 
-__all__ = ["BaseTask", "CaptionTask", "ImageTextPretrainTask", "VQATask", "setup_task"]
+__all__ = ["BaseTask", "CaptionTask", "GenerationTask", "ImageTextPretrainTask", "Scorer", "VQATask", "setup_task"]
 
 
 def setup_task(cfg: Config) -> BaseTask:

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lavislite.common import dist_utils
 from lavislite.common.config import Config
+from lavislite.common.errors import DataError, MissingFileError
 from lavislite.common.io import atomic_write_json
 from lavislite.common.logger import logger
 from lavislite.common.registry import registry
@@ -32,10 +33,14 @@ from lavislite.models.generation import GenerateConfig
 class TaskConfig:
     """Task-owned keys of the ``run`` section (merged with the runner's schema)."""
 
-    # Generation settings, used by the tasks that generate (captioning, vqa).
+    # Generation settings, used by the tasks that generate (benchmark, captioning, vqa).
     # Every task accepts them, so one run config can switch ``run.task`` (e.g.
     # to score the loss of training data) without deleting keys.
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    # evaluate.py, a dataset (benchmark) whose files or images are missing or unreadable:
+    # error stops before the model is built, listing every such dataset; skip evaluates
+    # the others and results.md names the ones left out and why.
+    on_missing: Literal["error", "skip"] = "error"
 
 
 def strided_shard(size: int, rank: int, world_size: int) -> list[int]:
@@ -89,15 +94,52 @@ class BaseTask:
         so dataset configs never repeat them. ``for_evaluation`` gives every
         split the eval processors (see ``BaseDatasetBuilder.build_datasets``).
         """
-        model_cls = registry.get_model_class(cfg.model_cfg.arch)
-        context = model_cls.processor_context(cfg.model_cfg)
-        datasets: dict[str, dict[str, Dataset]] = {}
-        for name, ds_cfg in cfg.datasets_cfg.items():
-            builder = registry.get_builder_class(str(name))(ds_cfg, context=context)
-            datasets[str(name)] = builder.build_datasets(for_evaluation=for_evaluation)
+        context = registry.get_model_class(cfg.model_cfg.arch).processor_context(cfg.model_cfg)
+        datasets = {str(name): self.build_dataset(str(name), ds_cfg, context, for_evaluation) for name, ds_cfg in cfg.datasets_cfg.items()}
         if not datasets:
             logger.warning("the config names no datasets")
         return datasets
+
+    @staticmethod
+    def build_dataset(name: str, ds_cfg: Any, context: dict[str, Any], for_evaluation: bool) -> dict[str, Dataset]:
+        """One dataset's splits, by its registered builder."""
+        return registry.get_builder_class(name)(ds_cfg, context=context).build_datasets(for_evaluation=for_evaluation)
+
+    def build_eval_datasets(self, cfg: Config) -> tuple[dict[str, dict[str, Dataset]], dict[str, str]]:
+        """Every dataset with eval processors, for ``evaluate.py``: a suite whose broken benchmarks are reported together.
+
+        Each dataset is built (its files read, its images looked up) before the model;
+        the problems of every dataset that cannot be built are collected, so one run
+        names every missing download at once.
+
+        Returns:
+            ``({name: {split: Dataset}}, {name: why it was skipped})``; the second is
+            empty unless ``run.on_missing`` is ``skip``.
+
+        Raises:
+            MissingFileError / DataError: (``run.on_missing: error``) naming every dataset
+                that cannot be built and why.
+        """
+        context = registry.get_model_class(cfg.model_cfg.arch).processor_context(cfg.model_cfg)
+        datasets: dict[str, dict[str, Dataset]] = {}
+        failed: dict[str, tuple[str, bool]] = {}
+        for name, ds_cfg in cfg.datasets_cfg.items():
+            try:
+                datasets[str(name)] = self.build_dataset(str(name), ds_cfg, context, for_evaluation=True)
+            except (MissingFileError, DataError) as exc:
+                failed[str(name)] = (str(exc), isinstance(exc, MissingFileError))
+        if not failed:
+            return datasets, {}
+        listing = "\n".join(f"  - {name}: " + message.replace("\n", "\n    ") for name, (message, _) in failed.items())
+        policy = self.run_cfg.get("on_missing", "error") if self.run_cfg is not None else "error"
+        if policy != "skip":
+            error = MissingFileError if all(missing for _, missing in failed.values()) else DataError
+            raise error(
+                f"{len(failed)} of {len(cfg.datasets_cfg)} dataset(s) cannot be evaluated (nothing was run; "
+                f"run.on_missing=skip evaluates the others):\n{listing}"
+            )
+        logger.warning("run.on_missing=skip: %d dataset(s) left out of this evaluation:\n%s", len(failed), listing)
+        return datasets, {name: message for name, (message, _) in failed.items()}
 
     def train_step(self, model: nn.Module, samples: dict[str, Any]) -> dict[str, Any]:
         """One forward pass; returns the model's output dict with ``loss``."""

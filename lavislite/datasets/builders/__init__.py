@@ -9,14 +9,36 @@ from torch.utils.data import Dataset
 from lavislite.common.config import load_dataset_config
 from lavislite.common.registry import registry
 from lavislite.datasets.builders.base_builder import BaseDatasetBuilder, BuilderConfig
+from lavislite.datasets.builders.benchmark_builders import (
+    BenchmarkBuilder,
+    Flickr30kBuilder,
+    GQABuilder,
+    MMEBuilder,
+    NocapsBuilder,
+    OKVQABuilder,
+    POPEBuilder,
+    ScienceQABuilder,
+    TextVQABuilder,
+    VizWizBuilder,
+)
 from lavislite.datasets.builders.instruction_builders import LlavaInstructionBuilder, MiniGPT4InstructionBuilder
 from lavislite.datasets.builders.stream_builders import WebdatasetCaptionBuilder, WebdatasetInstructionBuilder
 from lavislite.datasets.builders.task_builders import CocoCaptionBuilder, VQAv2Builder
 
 __all__ = [
     "BaseDatasetBuilder",
+    "BenchmarkBuilder",
     "BuilderConfig",
     "CocoCaptionBuilder",
+    "Flickr30kBuilder",
+    "GQABuilder",
+    "MMEBuilder",
+    "NocapsBuilder",
+    "OKVQABuilder",
+    "POPEBuilder",
+    "ScienceQABuilder",
+    "TextVQABuilder",
+    "VizWizBuilder",
     "LlavaInstructionBuilder",
     "MiniGPT4InstructionBuilder",
     "VQAv2Builder",

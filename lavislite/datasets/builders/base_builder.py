@@ -106,6 +106,7 @@ class BaseDatasetBuilder:
         self.context = dict(context or {})
         self.vis_processors: dict[str, Any] = {}
         self.text_processors: dict[str, Any] = {}
+        self.current_split = ""  # the split make_dataset is building
 
     def bad_sample_policy(self) -> BadSamplePolicy:
         """The dataset's ``on_bad_sample`` / ``max_bad_fraction``, with its name for records and messages."""
@@ -172,6 +173,8 @@ class BaseDatasetBuilder:
             }
             if _accepts(dataset_cls, "bad_samples"):  # a user's own Dataset class may not take the policy
                 kwargs["bad_samples"] = self.bad_sample_policy()
+            # Some files hold several splits (ScienceQA's pid_splits, Karpathy's captions): the builder picks by name.
+            self.current_split = str(split)
             datasets[split] = self.make_dataset(dataset_cls, **kwargs)
             logger.info("dataset %s/%s: %d samples", self.name, split, len(datasets[split]))  # type: ignore[arg-type]
         return datasets

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -32,9 +32,21 @@ def with_image(prompt: str) -> str:
 
 
 @dataclass
-class CaptionBuilderConfig(BuilderConfig):
+class GenerationBuilderConfig(BuilderConfig):
+    """The keys of a dataset whose evaluation splits are scored from generated replies (a benchmark)."""
+
+    # The registered scorer (tasks.scorers) that turns the replies into this benchmark's
+    # metrics; "" takes the task's own (captioning: caption, vqa: vqa).
+    scorer: str = ""
+    # Generation settings of this benchmark, over run.generate (max_new_tokens, num_beams, ...).
+    generate: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CaptionBuilderConfig(GenerationBuilderConfig):
     # The user turn of every sample; "<image>" marks where the image goes (in front if absent).
     prompt: str = "Describe the image briefly."
+    scorer: str = "caption"
 
 
 @registry.register_builder("coco_caption")
@@ -55,7 +67,7 @@ class CocoCaptionBuilder(BaseDatasetBuilder):
         prompt = with_image(str(self.config.prompt))
         if dataset_cls is GenerationDataset:
             problems = BuildProblems(kwargs.get("bad_samples"))
-            return dataset_cls(read=lambda paths: read_caption_eval(paths, prompt, problems), problems=problems, **kwargs)
+            return dataset_cls(read=lambda paths: read_caption_eval(paths, prompt, problems), problems=problems, prompt_template=prompt, **kwargs)
 
         def parse(record: dict[str, Any], where: str) -> Sample:
             require_keys(record, ("image", "caption", "image_id"), where)
@@ -102,9 +114,10 @@ def read_caption_eval(paths: list[str], prompt: str, problems: BuildProblems | N
 
 
 @dataclass
-class VQABuilderConfig(BuilderConfig):
+class VQABuilderConfig(GenerationBuilderConfig):
     # "{question}" is replaced by each question; "<image>" goes in front if absent.
     prompt: str = "{question} Answer the question using a single word or phrase."
+    scorer: str = "vqa"
     # Image file of an official-format question, from its fields (image_id, data_subtype).
     image_pattern: str = "{data_subtype}/COCO_{data_subtype}_{image_id:012d}.jpg"
 
@@ -130,7 +143,7 @@ class VQAv2Builder(BaseDatasetBuilder):
         problems = BuildProblems(kwargs.get("bad_samples"))
         items = read_vqa(kwargs["ann_paths"], str(self.config.image_pattern), str(self.config.prompt), problems)
         if dataset_cls is GenerationDataset:
-            return dataset_cls(read=lambda paths: items, problems=problems, **kwargs)
+            return dataset_cls(read=lambda paths: items, problems=problems, prompt_template=with_image(str(self.config.prompt)), **kwargs)
         samples = [
             Sample(
                 id=str(item.id),

@@ -64,6 +64,8 @@ class GenerationDataset(Dataset):
         read: reads the annotation files into ``PromptSample`` s.
         bad_samples: the dataset's policy (default ``error``).
         problems: problems ``read`` collected (the builder's ``BuildProblems``), settled here with the rest.
+        prompt_template: how the builder words each prompt (``<image>\n{question}\n...``), as
+            reports print it (``results.md``); "" when the prompts have no common form.
 
     Every record is checked when the set is built and the problems are settled
     together (``BuildProblems``: ``error`` raises them all, ``skip`` leaves
@@ -81,7 +83,9 @@ class GenerationDataset(Dataset):
         read: Callable[[list[str]], list[PromptSample]],
         bad_samples: BadSamplePolicy | None = None,
         problems: BuildProblems | None = None,
+        prompt_template: str = "",
     ) -> None:
+        self.prompt_template = prompt_template
         self.vis_processor = vis_processor
         self.text_processor = text_processor
         self.vis_root = vis_root
@@ -118,10 +122,12 @@ class GenerationDataset(Dataset):
             **text_fields(text, labels=False),
             "references": sample.references,
             "extra": sample.extra,
+            "prompt": sample.prompt,
         }
 
     def collater(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         out = collate_chat(batch, pad_token_id=int(self.text_processor.tokenizer.pad_token_id), padding_side="left")
         out["references"] = [b["references"] for b in batch]
         out["extra"] = [b["extra"] for b in batch]
+        out["prompts"] = [b["prompt"] for b in batch]
         return out

@@ -169,12 +169,14 @@ def _jsonl_records(path: str, text: str, problems: BuildProblems | None = None) 
     return records
 
 
-def read_records(path: str, problems: BuildProblems | None = None) -> list[tuple[str, Any]]:
+def read_records(path: str, problems: BuildProblems | None = None, json_lines: bool | None = None) -> list[tuple[str, Any]]:
     """The records of an annotation file, each with its location for messages.
 
     Args:
         path: a JSON list or JSON-lines file.
         problems: collects each JSON-lines line that is not JSON (else the first raises).
+        json_lines: read one JSON object a line whatever the name (POPE's ``coco_pope_*.json``
+            are); None: by the name (``.jsonl``).
 
     Returns:
         ``(where, record)`` pairs: ``where`` is ``"file[index]"`` for a JSON
@@ -186,7 +188,7 @@ def read_records(path: str, problems: BuildProblems | None = None) -> list[tuple
             (naming the line and column; a JSON list cannot be read past it,
             whatever the policy), or a JSON file that is not a list.
     """
-    if path.endswith(".jsonl"):
+    if json_lines or (json_lines is None and path.endswith(".jsonl")):
         return [(f"{path} line {lineno}", record) for lineno, record in _jsonl_records(path, read_text(path), problems)]
     records = read_json_file(path)
     if not isinstance(records, list):

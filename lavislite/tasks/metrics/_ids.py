@@ -26,3 +26,11 @@ def describe_missing_ids(missing: Sequence[Hashable], present: Iterable[Hashable
     if near:
         shown += " (ids are compared as-is: " + ", ".join(f"{mine} {a!r} vs {theirs} {b!r}" for a, b in near) + ")"
     return shown
+
+
+def require_predictions(ids: Sequence[Hashable], predictions: Iterable[Hashable], what: str) -> None:
+    """Raises ``ValueError`` naming every annotated id without a prediction (``what``: ``"POPE question"``)."""
+    have = set(predictions)
+    missing = [key for key in ids if key not in have]
+    if missing:
+        raise ValueError(f"no prediction for {what} id(s) {describe_missing_ids(missing, have, 'annotation', 'prediction')}")

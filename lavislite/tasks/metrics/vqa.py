@@ -22,9 +22,9 @@ from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-from ._ids import describe_missing_ids
+from ._ids import describe_missing_ids, require_predictions
 
-__all__ = ["normalize_vqa_answer", "process_digit_article", "process_punctuation", "vqa_accuracy"]
+__all__ = ["normalize_vqa_answer", "process_digit_article", "process_punctuation", "vizwiz_accuracy", "vqa_accuracy"]
 
 # Official maps, verbatim (including entries that can never fire, such as "Im": words are
 # lower-cased before the lookup, and the reversed "somebody'd" entry).
@@ -103,18 +103,19 @@ def process_punctuation(text: str) -> str:
     return _PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)
 
 
-def process_digit_article(text: str) -> str:
+def process_digit_article(text: str, contractions: Mapping[str, str] = _CONTRACTIONS) -> str:
     """The official ``processDigitArticle``: lower-case, number words to digits, drop articles, restore contractions.
 
     Args:
         text: an answer (after :func:`process_punctuation`).
+        contractions: the contraction map (VizWiz's evaluation has its own).
 
     Returns:
         The words joined by single spaces.
     """
     words = [_NUMBER_WORDS.get(word, word) for word in text.lower().split()]
     words = [word for word in words if word not in _ARTICLES]
-    return " ".join(_CONTRACTIONS.get(word, word) for word in words)
+    return " ".join(contractions.get(word, word) for word in words)
 
 
 def normalize_vqa_answer(answer: str) -> str:
@@ -239,5 +240,67 @@ def vqa_accuracy(
         "overall": percent(overall),
         "perQuestionType": {name: percent(values) for name, values in by_question_type.items()},
         "perAnswerType": {name: percent(values) for name, values in by_answer_type.items()},
+        "per_question": per_question,
+    }
+
+
+# VizWiz's evaluation (the VQA API its site distributes, by Qing Li) carries the VQA
+# contraction map with typographic apostrophes: every key and value has "’" for "'",
+# except the keys "couldn'tve" and "hadn'tve" and the values of the eight entries below.
+_VIZWIZ_STRAIGHT_VALUES = frozenset(["aint", "arent", "cant", "couldve", "couldnt", "weve", "wheres", "whove"])
+_VIZWIZ_CONTRACTIONS: dict[str, str] = {
+    (key if key in ("couldn'tve", "hadn'tve") else key.replace("'", "\u2019")): (
+        value if key in _VIZWIZ_STRAIGHT_VALUES else value.replace("'", "\u2019")
+    )
+    for key, value in _CONTRACTIONS.items()
+}
+
+
+def vizwiz_accuracy(annotations: Sequence[Mapping[str, Any]], predictions: Mapping[Hashable, str]) -> dict[str, Any]:
+    """VizWiz-VQA accuracy under its official evaluation (``VQAEval.evaluate`` of the VizWiz API).
+
+    The VQA formula (each of the ten answers left out in turn, ``min(1, matches / 3)``,
+    averaged), with VizWiz's differences from VQAv2's code: the answers are compared
+    as given (no punctuation step, whatever their agreement), the answer left out is
+    one position (not every equal answer), and the prediction's contractions use
+    VizWiz's map. ``"unanswerable"`` is an answer like any other, so a question most
+    people could not answer is scored right by the reply "unanswerable"
+    (``perAnswerType['unanswerable']`` is that share).
+
+    Args:
+        annotations: ``val.json`` records: ``{"image", "question", "answers": [{"answer",
+            "answer_confidence"}], "answer_type", "answerable"}``; the image name is the question's id.
+        predictions: image name -> the model's reply.
+
+    Returns:
+        ``overall`` and ``perAnswerType`` (percent, rounded to 2 places as the official
+        code does) and ``per_question`` (image -> unrounded percent).
+
+    Raises:
+        ValueError: no annotations, a repeated image or a question without a prediction.
+    """
+    if not annotations:
+        raise ValueError("no VizWiz questions to score")
+    ids = [annotation["image"] for annotation in annotations]
+    if len(set(ids)) != len(ids):
+        raise ValueError("VizWiz questions are keyed by their image; an image repeats")
+    require_predictions(ids, predictions, "VizWiz question")
+    per_question: dict[Hashable, float] = {}
+    overall: list[float] = []
+    by_type: dict[str, list[float]] = {}
+    for annotation, image in zip(annotations, ids):
+        reply = predictions[image].replace("\n", " ").replace("\t", " ").strip()
+        reply = process_digit_article(process_punctuation(reply), _VIZWIZ_CONTRACTIONS)
+        answers = [a["answer"] for a in annotation["answers"]]
+        if not answers:
+            raise ValueError(f"VizWiz question {image!r} has no answers")
+        accs = [min(1, float(sum(1 for j, a in enumerate(answers) if j != i and a == reply)) / 3) for i in range(len(answers))]
+        accuracy = float(sum(accs)) / len(accs)
+        overall.append(accuracy)
+        by_type.setdefault(str(annotation.get("answer_type", "other")), []).append(accuracy)
+        per_question[image] = 100 * accuracy
+    return {
+        "overall": round(100 * float(sum(overall)) / len(overall), 2),
+        "perAnswerType": {name: round(100 * float(sum(values)) / len(values), 2) for name, values in by_type.items()},
         "per_question": per_question,
     }

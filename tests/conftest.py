@@ -107,6 +107,14 @@ def all_records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def train_shipped(config: str, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """Trains a shipped run config as it is (one process) into a fresh folder; the run folder."""
+    out = tmp_path_factory.mktemp(f"{name}_run")
+    proc = launch("train.py", ["--cfg-path", config, "--options", f"run.output_dir={out}", f"run.job_id={name}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / name
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The README demo as shipped (one process), trained once per test session; its run folder.
@@ -114,10 +122,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     End-to-end tests that need a trained model (evaluation, loading a release)
     read this run instead of training their own.
     """
-    out = tmp_path_factory.mktemp("demo_run")
-    proc = launch("train.py", ["--cfg-path", DEMO, "--options", f"run.output_dir={out}", "run.job_id=demo"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out / "demo"
+    return train_shipped(DEMO, tmp_path_factory, "demo")
 
 
 LLAVA_DEMO = str(REPO / "projects" / "llava" / "demo.yaml")
@@ -126,10 +131,7 @@ LLAVA_DEMO = str(REPO / "projects" / "llava" / "demo.yaml")
 @pytest.fixture(scope="session")
 def llava_demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The llava demo as shipped (``projects/llava/demo.yaml``, one process), trained once per test session; its run folder."""
-    out = tmp_path_factory.mktemp("llava_demo_run")
-    proc = launch("train.py", ["--cfg-path", LLAVA_DEMO, "--options", f"run.output_dir={out}", "run.job_id=llava"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out / "llava"
+    return train_shipped(LLAVA_DEMO, tmp_path_factory, "llava")
 
 
 INSTRUCTBLIP_DEMO = str(REPO / "projects" / "instructblip" / "demo.yaml")
@@ -138,10 +140,7 @@ INSTRUCTBLIP_DEMO = str(REPO / "projects" / "instructblip" / "demo.yaml")
 @pytest.fixture(scope="session")
 def instructblip_demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The InstructBLIP demo as shipped (``projects/instructblip/demo.yaml``, one process), trained once per test session."""
-    out = tmp_path_factory.mktemp("instructblip_demo_run")
-    proc = launch("train.py", ["--cfg-path", INSTRUCTBLIP_DEMO, "--options", f"run.output_dir={out}", "run.job_id=instructblip"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out / "instructblip"
+    return train_shipped(INSTRUCTBLIP_DEMO, tmp_path_factory, "instructblip")
 
 
 def train_zero3_with_text_only(config: str, tmp_path: Path) -> list[float]:
@@ -179,6 +178,34 @@ def train_zero3_with_text_only(config: str, tmp_path: Path) -> list[float]:
     assert "DeepSpeed ZeRO-3, fp32, world size 2, 7 optimizer steps (7 per epoch)" in proc.stderr
     assert (tmp_path / "z3" / "release" / "model.safetensors").is_file()
     return [r["loss"] for r in all_records(tmp_path / "z3") if "loss" in r]
+
+
+def held_out_questions() -> list[tuple[str, str]]:
+    """(image path, question): one held-out test image per shape, asked for its colour and its shape."""
+    meta = json.loads((DEMO_DATA / "metadata.json").read_text())
+    per_shape: dict[str, str] = {}
+    for m in meta:
+        if m["split"] == "eval":
+            per_shape.setdefault(m["shape"], m["file"])
+    return [(str(DEMO_DATA / "images" / f), q) for f in per_shape.values() for q in ("What colour is the shape?", "What shape is in the image?")]
+
+
+def export_and_ask_without_lavislite(run_dir: Path, tmp_path: Path, script: str, new_tokens: int) -> list[dict[str, Any]]:
+    """Exports a run with ``python -m lavislite.export`` to ``tmp_path/export``, then runs ``script`` there where
+    ``import lavislite`` fails (``run_without_lavislite``) on ``held_out_questions()``; its ``out.json``.
+
+    The script reads ``spec.json`` (``questions``: [image, question] pairs; ``new_tokens``) and writes one
+    result per question to ``out.json``.
+    """
+    export = subprocess.run(
+        [sys.executable, "-m", "lavislite.export", "--checkpoint", str(run_dir), "--out", str(tmp_path / "export")],
+        cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert export.returncode == 0, export.stderr[-3000:]
+    (tmp_path / "spec.json").write_text(json.dumps({"questions": held_out_questions(), "new_tokens": new_tokens}))
+    proc = run_without_lavislite(script, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((tmp_path / "out.json").read_text())  # type: ignore[no-any-return]
 
 
 def run_without_lavislite(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:

@@ -7,15 +7,12 @@ every test here trains or launches processes.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 import test_demo_sees as sees
-from conftest import DEMO_DATA, INSTRUCTBLIP_DEMO, REPO, run_env, run_without_lavislite, train_zero3_with_text_only
-from test_llava_demo import held_out_questions
+from conftest import DEMO_DATA, INSTRUCTBLIP_DEMO, export_and_ask_without_lavislite, held_out_questions, train_zero3_with_text_only
 
 MAX_NEW_TOKENS = 8
 
@@ -35,17 +32,15 @@ def test_the_trained_q_former_reads_the_question(instructblip_demo_run: Path) ->
     from lavislite.models.release import load_from_checkpoint
 
     model, _, _ = load_from_checkpoint(str(instructblip_demo_run))
-    image, _ = held_out_questions()[0]
-    path = str(DEMO_DATA / "images" / image)
-    questions = ("What colour is the shape?", "What shape is in the image?", "What colour is the shape?")
-    batches = {q: model.chat_inputs([path], [{"role": "user", "content": f"<image>\n{q}"}]) for q in questions}
+    path, _ = held_out_questions()[0]
+    image = Path(path).name
+    batches = [model.chat_inputs([path], [{"role": "user", "content": f"<image>\n{q}"}]) for q in ("What colour is the shape?", "What shape is in the image?")]
     with torch.no_grad():
-        colour, shape, again = (model.encode_images(model.chat_inputs([path], [{"role": "user", "content": f"<image>\n{q}"}])) for q in questions)
+        colour, shape, again = (model.encode_images(b) for b in (*batches, model.chat_inputs([path], [{"role": "user", "content": "<image>\nWhat colour is the shape?"}])))
     assert (colour - shape).abs().max() > 1e-3
     assert torch.equal(colour, again)
     meta = {m["file"]: m for m in json.loads((DEMO_DATA / "metadata.json").read_text())}
-    assert model.generate(batches["What colour is the shape?"], max_new_tokens=MAX_NEW_TOKENS) == [meta[image]["colour"]]
-    assert model.generate(batches["What shape is in the image?"], max_new_tokens=MAX_NEW_TOKENS) == [meta[image]["shape"]]
+    assert [model.generate(b, max_new_tokens=MAX_NEW_TOKENS) for b in batches] == [[meta[image]["colour"]], [meta[image]["shape"]]]
 
 
 TRANSFORMERS_SIDE = r"""
@@ -79,16 +74,8 @@ def test_instructblip_demo_export_generates_lavislites_greedy_tokens_in_plain_tr
     fails and generates the greedy tokens of lavislite's chat for the same image and question."""
     from lavislite.models.release import load_from_checkpoint
 
-    export = subprocess.run(
-        [sys.executable, "-m", "lavislite.export", "--checkpoint", str(instructblip_demo_run), "--out", str(tmp_path / "export")],
-        cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300,
-    )
-    assert export.returncode == 0, export.stderr[-3000:]
-    questions = [(str(DEMO_DATA / "images" / f), q) for f, q in held_out_questions()]
-    (tmp_path / "spec.json").write_text(json.dumps({"questions": questions, "new_tokens": MAX_NEW_TOKENS}))
-    proc = run_without_lavislite(TRANSFORMERS_SIDE, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    theirs = json.loads((tmp_path / "out.json").read_text())
+    theirs = export_and_ask_without_lavislite(instructblip_demo_run, tmp_path, TRANSFORMERS_SIDE, MAX_NEW_TOKENS)
+    questions = held_out_questions()
     model, _, _ = load_from_checkpoint(str(instructblip_demo_run))
     for (image, question), hf in zip(questions, theirs):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]

@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import test_demo_sees as sees
-from conftest import DEMO_DATA, LLAVA_DEMO, REPO, all_records, launch, run_env, run_without_lavislite, train_zero3_with_text_only
+from conftest import DEMO_DATA, LLAVA_DEMO, REPO, all_records, export_and_ask_without_lavislite, held_out_questions, launch, run_env, train_zero3_with_text_only
 
 MAX_NEW_TOKENS = 8
 
@@ -28,16 +28,6 @@ def test_llava_demo_answers_held_out_colour_and_shape(llava_demo_run: Path) -> N
     # The frozen tower came from the pretrained file, not random weights: the run's log says it loaded.
     log = (llava_demo_run / "train.log").read_text()
     assert "tower_pretrained.safetensors (timm_tower; holds vit)" in log
-
-
-def held_out_questions() -> list[tuple[str, str]]:
-    """(image file, question): one held-out test image per shape, asked for its colour and its shape."""
-    meta = json.loads((DEMO_DATA / "metadata.json").read_text())
-    per_shape: dict[str, str] = {}
-    for m in meta:
-        if m["split"] == "eval":
-            per_shape.setdefault(m["shape"], m["file"])
-    return [(f, q) for f in per_shape.values() for q in ("What colour is the shape?", "What shape is in the image?")]
 
 
 TRANSFORMERS_SIDE = r"""
@@ -68,17 +58,9 @@ def test_llava_demo_export_generates_lavislites_greedy_tokens_in_plain_transform
     ``import lavislite`` fails, generates the greedy tokens lavislite's chat generates, for held-out images."""
     from lavislite.models.release import load_from_checkpoint
 
-    export = subprocess.run(
-        [sys.executable, "-m", "lavislite.export", "--checkpoint", str(llava_demo_run), "--out", str(tmp_path / "export")],
-        cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300,
-    )
-    assert export.returncode == 0, export.stderr[-3000:]
+    theirs = export_and_ask_without_lavislite(llava_demo_run, tmp_path, TRANSFORMERS_SIDE, MAX_NEW_TOKENS)
     assert json.loads((tmp_path / "export" / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]
-    questions = [(str(DEMO_DATA / "images" / f), q) for f, q in held_out_questions()]
-    (tmp_path / "spec.json").write_text(json.dumps({"questions": questions, "new_tokens": MAX_NEW_TOKENS}))
-    proc = run_without_lavislite(TRANSFORMERS_SIDE, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    theirs = json.loads((tmp_path / "out.json").read_text())
+    questions = held_out_questions()
 
     model, _, _ = load_from_checkpoint(str(llava_demo_run))
     for (image, question), hf in zip(questions, theirs):
@@ -118,3 +100,24 @@ def test_llava_demo_trains_on_two_processes_with_zero3_and_text_only_samples(tmp
     batch 1 and an odd number of image samples, so some step has an image on one rank only (no collective mismatch)."""
     losses = train_zero3_with_text_only(LLAVA_DEMO, tmp_path)
     assert len(losses) == 7 and all(loss == loss and loss < 20 for loss in losses)  # every step logged, finite
+
+
+def test_terminal_chat_and_chat_stream_work_unchanged_on_the_llava_demo(llava_demo_run: Path) -> None:
+    """The terminal chat (piped) answers a two-turn conversation about a held-out image; chat_stream's pieces join to chat's reply."""
+    from lavislite.models.release import load_from_checkpoint
+
+    path, _ = held_out_questions()[0]
+    script = f"/image {path}\nWhat colour is the shape?\nAnd what shape is it?\n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lavislite.chat", "--checkpoint", str(llava_demo_run), "--max-new-tokens", "8"],
+        input=script, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    replies = [line for line in proc.stdout.splitlines() if line.startswith("assistant: ")]
+    meta = {m["file"]: m for m in json.loads((DEMO_DATA / "metadata.json").read_text())}
+    image = Path(path).name
+    assert replies == [f"assistant: {meta[image]['colour']}", f"assistant: {meta[image]['shape']}"]
+
+    model, _, _ = load_from_checkpoint(str(llava_demo_run))
+    messages = [{"role": "user", "content": "<image>\nWhat shape is in the image?"}]
+    assert "".join(model.chat_stream([path], messages, max_new_tokens=8)).strip() == model.chat([path], messages, max_new_tokens=8)

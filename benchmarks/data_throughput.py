@@ -6,11 +6,13 @@ DataLoader with the dataset's own collater) and the ``webdataset_instruction``
 builder's ``ShardStream`` over shards written by the project's converter
 (``lavislite.datasets.make_shards``), which batches in its workers. The
 processors (``blip2_image_train`` at the demo's 64 px, ``qwen_chat``) and the
-collater are the demo's. Each (path, workers) runs ``--batches`` batches after
-``--warmup`` untimed ones (the workers' start-up is not timed) and reports
-samples/s and samples/s per worker.
+collater are the demo's, and the JSON path reads as the runner does (its epoch
+sampler, each sample under its own seed, as each shard sample is). For each
+worker count both paths run ``--batches`` batches after ``--warmup`` untimed
+ones (the workers' start-up is not timed), taking turns in ``--rounds`` rounds,
+and report samples/s and samples/s per worker.
 
-    python benchmarks/data_throughput.py [--workers 1 2] [--batches 30] [--batch-size 16] [--out FILE]
+    python benchmarks/data_throughput.py [--workers 1 2] [--batches 30] [--rounds 3] [--batch-size 16] [--out FILE]
 
 Writes JSON: ``{"runs": {"json"|"shards": {"<workers>": {"samples_per_sec", "samples_per_sec_per_worker", ...}}},
 "shards_vs_json_per_worker": {"<workers>": ratio}}``.
@@ -19,6 +21,7 @@ Writes JSON: ``{"runs": {"json"|"shards": {"<workers>": {"samples_per_sec", "sam
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -43,23 +46,34 @@ PROCESSORS = {
 }
 
 
-def time_loader(loader: DataLoader, batches: int, warmup: int) -> dict[str, float]:
-    """Samples/s over ``batches`` batches, after ``warmup`` untimed ones (worker start-up included there)."""
-    iterator = iter(loader)
-    for _ in range(warmup):
-        next(iterator)
-    samples = 0
-    start = time.perf_counter()
-    for _ in range(batches):
-        batch = next(iterator)
-        samples += int(batch["input_ids"].shape[0])
-    elapsed = time.perf_counter() - start
-    del iterator  # stops the workers
-    return {"samples": samples, "seconds": elapsed, "samples_per_sec": samples / elapsed}
+def time_loaders(loaders: dict[str, DataLoader], batches: int, warmup: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Samples/s of each loader over ``batches`` batches, after ``warmup`` untimed ones (worker start-up included there).
+
+    The loaders take turns: ``rounds`` rounds of ``batches / rounds`` batches each, the order reversed every
+    round, so a busy spell of the machine hits every path alike.
+    """
+    iterators = {name: iter(loader) for name, loader in loaders.items()}
+    for iterator in iterators.values():
+        for _ in range(warmup):
+            next(iterator)
+    totals = {name: {"samples": 0, "seconds": 0.0, "seconds_per_round": []} for name in loaders}
+    names = list(loaders)
+    for r in range(rounds):
+        chunk = batches // rounds + (1 if r < batches % rounds else 0)
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            for _ in range(chunk):
+                totals[name]["samples"] += int(next(iterators[name])["input_ids"].shape[0])
+            elapsed = time.perf_counter() - start
+            totals[name]["seconds"] += elapsed
+            totals[name]["seconds_per_round"].append(elapsed)
+    del iterators  # stops the workers
+    return {name: {**t, "samples_per_sec": t["samples"] / t["seconds"]} for name, t in totals.items()}
 
 
 def json_loader(workers: int, batch_size: int) -> DataLoader:
     from lavislite.datasets.builders import load_dataset
+    from lavislite.datasets.datasets.samplers import EpochShardSampler, SeededSamples
 
     dataset = load_dataset(
         "llava_instruction",
@@ -69,9 +83,16 @@ def json_loader(workers: int, batch_size: int) -> DataLoader:
         },
         context=CONTEXT,
     )["train"]
-    # Shuffled as training reads it (random access into the image folder); endless for the timing.
-    sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=10**9, generator=torch.Generator().manual_seed(0))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=dataset.collater)
+    # As the runner reads it: its epoch sampler (shuffled, each index with its seed) and every
+    # sample processed under that seed (SeededSamples), as each shard sample is.
+    epochs = EpochShardSampler(len(dataset), seed=0)
+
+    def endless() -> Any:  # epoch after epoch, for however many batches are timed
+        for epoch in itertools.count():
+            epochs.set_epoch(epoch)
+            yield from epochs
+
+    return DataLoader(SeededSamples(dataset), batch_size=batch_size, sampler=endless(), num_workers=workers, collate_fn=dataset.collater)
 
 
 def shard_loader(shards: str, workers: int, batch_size: int) -> DataLoader:
@@ -91,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="the paths take turns in this many rounds (noise hits both alike)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "data_throughput.json"))
     args = parser.parse_args(argv)
@@ -105,9 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         made = write_shards([str(DEMO / "llava_instruction.json")], str(DEMO / "images"), tmp, samples_per_shard=100)
         shards = os.path.join(tmp, "*.tar")
         for workers in args.workers:
-            # The two paths alternate per worker count, so machine noise hits both alike.
-            for name, make in (("json", lambda w: json_loader(w, args.batch_size)), ("shards", lambda w: shard_loader(shards, w, args.batch_size))):
-                figures = time_loader(make(workers), args.batches, args.warmup)
+            loaders = {"json": json_loader(workers, args.batch_size), "shards": shard_loader(shards, workers, args.batch_size)}
+            for name, figures in time_loaders(loaders, args.batches, args.warmup, args.rounds).items():
                 figures["samples_per_sec_per_worker"] = figures["samples_per_sec"] / workers
                 runs[name][str(workers)] = figures
                 print(f"{name:6s} workers={workers}: {figures['samples_per_sec']:.1f} samples/s ({figures['samples_per_sec_per_worker']:.1f} per worker)", file=sys.stderr)
@@ -116,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "shards_vs_json_per_worker": {
             w: runs["shards"][w]["samples_per_sec_per_worker"] / runs["json"][w]["samples_per_sec_per_worker"] for w in runs["json"]
         },
-        "settings": {"batch_size": args.batch_size, "batches": args.batches, "warmup": args.warmup, "shards": made["shards"], "samples": made["samples"]},
+        "settings": {"batch_size": args.batch_size, "batches": args.batches, "warmup": args.warmup, "rounds": args.rounds, "shards": made["shards"], "samples": made["samples"]},
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count()},
     }
     text = json.dumps(result, indent=2, default=str)

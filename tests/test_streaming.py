@@ -223,3 +223,51 @@ def test_the_converter_writes_caption_shards_from_coco_and_prints_the_build_info
     ann.write_text(json.dumps([{"image": "nope.jpg", "caption": "x", "image_id": 1}]))
     assert make_shards_main(["--annotations", str(ann), "--images", str(DEMO_DATA / "images"), "--out", str(tmp_path / "t")]) == 1
     assert "nope.jpg" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("fmt", ["pax", "gnu", "ustar", "gz"])
+def test_tar_members_reads_what_tarfile_reads_in_every_format(tmp_path: Path, fmt: str) -> None:
+    """The shard reader's own tar parser: PAX headers (Python's default, float mtimes), GNU and PAX long names,
+    ustar's prefix field (a 124-character path), gzip, empty and unaligned members: the same names and bytes as
+    ``tarfile``, in order."""
+    import gzip
+
+    from lavislite.datasets.datasets.wds_dataset import read_shard, tar_members
+
+    members = [(f"{'d' * 120}/{i:03d}.{ext}" if i == 2 else f"dir/{i:03d}.{ext}", bytes(range(i * 37 % 256)) * (i + 1))
+               for i in range(5) for ext in ("jpg", "json")]
+    members.append(("dir/005.txt", b""))
+    buffer = io.BytesIO()
+    tar_format = {"pax": tarfile.PAX_FORMAT, "gnu": tarfile.GNU_FORMAT, "ustar": tarfile.USTAR_FORMAT, "gz": tarfile.PAX_FORMAT}[fmt]
+    with tarfile.open(fileobj=buffer, mode="w", format=tar_format) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1.5e9 + 0.25  # a float mtime: PAX headers in PAX format
+            tar.addfile(info, io.BytesIO(data))
+    raw = buffer.getvalue()
+    path = tmp_path / ("shard.tar.gz" if fmt == "gz" else "shard.tar")
+    path.write_bytes(gzip.compress(raw) if fmt == "gz" else raw)
+    with tarfile.open(path) as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isreg()]  # type: ignore[union-attr]
+    with open(path, "rb") as fh:
+        assert list(tar_members(fh)) == expected
+    with open(path, "rb") as fh:  # unwanted members are named, not read
+        assert list(tar_members(fh, want=lambda name: name.endswith(".json"))) == [(n, d if n.endswith(".json") else None) for n, d in expected]
+    assert [s.key for s in read_shard(str(path), start=1, stop=4)] == ["001", "002", "003"]
+    assert count_samples(str(path)) == 6
+
+
+def test_a_corrupt_tar_header_is_an_error_naming_the_shard(tmp_path: Path) -> None:
+    from lavislite.datasets.datasets.wds_dataset import ShardError, read_shard
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(3):
+            info = tarfile.TarInfo(f"{i:03d}.txt")
+            info.size = 700
+            tar.addfile(info, io.BytesIO(b"a" * 700))
+    raw = bytearray(buffer.getvalue())
+    raw[3 * 512 + 10] ^= 0xFF  # the second member's header, after the first's header and its 2 data blocks
+    (tmp_path / "bad.tar").write_bytes(bytes(raw))
+    with pytest.raises(ShardError, match=r"bad.tar: cannot read the tar shard near sample 0: bad tar header checksum"):
+        list(read_shard(str(tmp_path / "bad.tar")))

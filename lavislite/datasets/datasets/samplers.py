@@ -33,22 +33,29 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Seeds Python's, NumPy's and torch's CPU generators for a block, then restores them.
+    """Seeds Python's, NumPy's and torch's CPU generators for a block, then restores them in the main process.
 
     Restoring keeps the caller's streams intact, which matters when the block
     runs in the main process (``num_workers=0``), where torch's generator also
-    drives dropout.
+    drives dropout. A DataLoader worker's generators serve its samples only,
+    each seeded here anew, so a worker skips the save and restore (NumPy's
+    state alone is a 2.5 KB copy each way, about a tenth of a demo sample's
+    processing).
     """
-    py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    from torch.utils.data import get_worker_info
+
+    in_worker = get_worker_info() is not None
+    states = None if in_worker else (random.getstate(), np.random.get_state(), torch.get_rng_state())
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.default_generator.manual_seed(seed)
     try:
         yield
     finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(torch_state)
+        if states is not None:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
 
 
 class EpochShardSampler(Sampler[tuple[int, int]]):

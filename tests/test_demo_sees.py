@@ -222,19 +222,32 @@ def test_every_colour_and_shape_question_is_answered_right_on_held_out_images(ki
     assert not below_the_bar(kind_accuracy, keys), {key: f"{v['right']}/{v['of']}" for key, v in kind_accuracy.items()}
 
 
+def test_every_size_question_is_answered_right_on_held_out_images(kind_accuracy: dict[str, dict[str, Any]]) -> None:
+    """Issue 15: every single-image turn whose answer names the size (the size questions, the captions) meets the bar.
+
+    Before the ViT's pretraining weighed size 4x and the two-image answers
+    named each image's size, the size was one constant reply (12-14/25): the
+    Q-Former dropped size (0.001 of its output's variance) before the LLM read it.
+    """
+    keys = [key for key, about in turn_abouts().items() if "size" in about]
+    assert len(keys) >= 6  # both formats: the short question, the caption, the multi-turn one
+    assert not below_the_bar(kind_accuracy, keys), {key: f"{kind_accuracy[key]['right']}/{kind_accuracy[key]['of']}" for key in keys}
+
+
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "issue 15 not reached yet: the shipped recipe does not learn size (one constant answer, 12-13/25) nor the "
-        "two-image comparisons (12/24, chance), though the projected queries encode size linearly (held-out probe 1.00); "
-        "tried: a short size question per format (144 samples each) stayed at 13/25 ('small' throughout, on training "
-        "images too); a 'what is in image 2' kind was learnt 24/24 while the verdicts stayed at chance (the LM names "
-        "image 1's attribute twice when comparing); "
+        "issue 15 not reached yet for the two-image comparisons: yes/no at chance (12/24, one constant verdict). "
+        "Each image's size, colour and shape are named right, but the tiny LLM does not learn the comparison: "
+        "a bare 2-layer, 64-wide Qwen2 trained on 48,000 'the first is X ... the second is Y, so yes/no' texts "
+        "stayed at chance (4 layers too), while a tally read-out ('circle 1, square 1, triangle 0, so no', "
+        "each count a sum of two lookups) was learnt after about 3,000-5,000 examples; the demo's 4-minute budget "
+        "gives 1,152 per kind and its tallies stay at 0. "
         "strict: this fails loudly once they are learnt, so the bar can move here"
     ),
 )
-def test_every_size_and_two_image_question_is_answered_right_on_held_out_images(kind_accuracy: dict[str, dict[str, Any]]) -> None:
-    """Issue 15: every turn whose answer names the size (captions too), and every two-image yes/no, meets the bar."""
-    keys = [key for key, about in turn_abouts().items() if not set(about) <= {"colour", "shape"}]
+def test_every_two_image_question_is_answered_right_on_held_out_pairs(kind_accuracy: dict[str, dict[str, Any]]) -> None:
+    """Issue 15: every two-image yes/no meets the bar (>= 0.7 of the held-out pairs)."""
+    keys = [key for key, v in kind_accuracy.items() if v["two_images"]]
     assert keys
     assert not below_the_bar(kind_accuracy, keys)

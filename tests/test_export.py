@@ -560,7 +560,9 @@ def test_lora_merged_export_and_base_plus_adapter_match_lavislite(world: SimpleN
     real = batch["attention_mask"].bool()
     ours_logits = logits(world.lora, batch)
     for name in ("merged", "adapter"):
-        assert (hf[f"{name}.logits"] - ours_logits)[real].abs().max().item() < 1e-4
+        # W + BA merged once rounds differently from W x + B(A x); the gap grows with the logit's size
+        # and with the CPU's kernels (AVX2 vs AVX-512 reorder the sums), hence a relative bound.
+        torch.testing.assert_close(hf[f"{name}.logits"][real], ours_logits[real], atol=1e-4, rtol=1e-4)
     adapter_cfg = json.loads((world.hf_side / "exported_adapter" / "adapter" / "adapter_config.json").read_text())
     assert adapter_cfg["r"] == LORA["r"] and adapter_cfg["lora_alpha"] == LORA["alpha"] and adapter_cfg["task_type"] == "CAUSAL_LM"
     assert not (world.hf_side / "exported_merged" / "adapter").exists()

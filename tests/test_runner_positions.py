@@ -52,12 +52,12 @@ class LosesBest(RunnerBase):
 
 @registry.register_task("nan_then_finite")
 class NaNThenFinite(VQATask):
-    """Validation gives agg_metrics NaN, then 0.5, then 0.25 (no generation)."""
+    """Validation gives agg_metrics NaN, then 0.5 twice, then 0.25 (no generation)."""
 
     calls = 0
 
     def evaluation(self, *args, **kwargs):
-        value = [math.nan, 0.5, 0.25][type(self).calls % 3]
+        value = [math.nan, 0.5, 0.5, 0.25][type(self).calls % 4]
         type(self).calls += 1
         return {"agg_metrics": value}
 
@@ -165,16 +165,18 @@ def test_a_max_steps_stop_mid_epoch_records_its_position_and_a_resume_with_anoth
 
 
 def test_a_nan_validation_never_becomes_the_best(tmp_path: Path, helpers: Path) -> None:
-    """Defect 8: agg_metrics NaN at the first validation, then 0.5, then 0.25: the best is the second epoch's."""
-    proc = _train(tmp_path, "nan", [*TINY, "run.max_epoch=3", "run.valid_splits=[val]", "run.task=nan_then_finite", f"run.imports=[{helpers}]"])
+    """Defect 8: agg_metrics NaN at the first validation, then 0.5 twice, then 0.25: the NaN is never the best,
+    and the tie goes to the later, longer-trained weights (the third epoch's), as on a saturated validation set."""
+    proc = _train(tmp_path, "nan", [*TINY, "run.max_epoch=4", "run.valid_splits=[val]", "run.task=nan_then_finite", f"run.imports=[{helpers}]"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "nan"
     valid = [r for r in all_records(run_dir) if "valid" in r]
-    assert [r["best"] for r in valid] == [False, True, False]
-    assert json.loads((run_dir / "best" / "info.json").read_text()) == {"global_step": 4, "agg_metrics": 0.5}
+    assert [r["best"] for r in valid] == [False, True, True, False]
+    assert json.loads((run_dir / "best" / "info.json").read_text()) == {"global_step": 6, "agg_metrics": 0.5}
     assert "agg_metrics is nan, not a number the best weights can be kept by; the best stays none yet" in proc.stderr
-    assert "using the best weights (step 4, agg_metrics 0.5000)" in proc.stderr
-    assert _state(run_dir, "epoch_2")["best_metric"] == 0.5
+    assert "validation at step 6: agg_metrics 0.5000 (equals the best; these longer-trained weights replace it)" in proc.stderr
+    assert "using the best weights (step 6, agg_metrics 0.5000)" in proc.stderr
+    assert _state(run_dir, "epoch_3")["best_metric"] == 0.5
 
 
 def test_run_best_metric_keeps_best_by_that_number_not_by_the_mean_agg_metrics(tmp_path: Path, helpers: Path) -> None:

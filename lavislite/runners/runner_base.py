@@ -965,7 +965,11 @@ class RunnerBase:
         # A NaN compares false with everything: kept as the best, it would never
         # be beaten. A non-finite metric never improves and is never stored.
         finite = math.isfinite(value)
-        improved = finite and (self.best_metric is None or value > self.best_metric)
+        # A tie replaces the best: on a plateau (a small validation set that saturates,
+        # as the demo's does half-way) the longer-trained weights are the ones to keep;
+        # keeping the first would release a model trained for half the schedule.
+        improved = finite and (self.best_metric is None or value >= self.best_metric)
+        tie = improved and self.best_metric is not None and value == self.best_metric
         if not finite and dist_utils.is_main_process():
             logger.warning(
                 "validation at step %d: %s is %s, not a number the best weights can be kept by; the best stays %s",
@@ -975,7 +979,8 @@ class RunnerBase:
             scalars = {f"{key}/{k}": float(v) for key, m in results.items() for k, v in m.items() if isinstance(v, (int, float))}
             chosen = {"best_metric": label, "best_value": value} if label != "agg_metrics" else {}
             self._write_record({"step": self.global_step, "epoch": epoch, "valid": results, "agg_metrics": agg, **chosen, "best": improved}, "valid", scalars)
-            logger.info("validation at step %d: %s %.4f%s", self.global_step, label, value, " (best so far)" if improved else "")
+            note = " (equals the best; these longer-trained weights replace it)" if tie else " (best so far)" if improved else ""
+            logger.info("validation at step %d: %s %.4f%s", self.global_step, label, value, note)
         if improved:
             self.best_metric = value
             self.save_best()

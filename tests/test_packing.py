@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import DEMO, SMALL, launch, metrics
+from conftest import DEMO, SMALL, TWO_PROC, launch, metrics
 from lavislite.datasets.datasets.samplers import PackingBatchSampler, first_fit_decreasing
 from lavislite.processors import QwenChatProcessor
 from lavislite.processors.chat_processor import IGNORE_INDEX
@@ -288,3 +288,30 @@ def test_packed_demo_trains_resumes_exactly_and_fills_its_batches(tmp_path: Path
     )
     assert refused.returncode != 0
     assert f"cannot resume {step} mid-epoch (batch 3 of epoch 0) with run.batch_size_train 2 -> 3" in refused.stderr, refused.stderr[-3000:]
+
+
+@pytest.mark.slow  # two processes train the demo subset
+def test_a_packed_two_process_run_follows_the_unpacked_runs_loss_curve(zero2_run: Path, tmp_path: Path) -> None:
+    """Issue 18.2: packed rows on 2 processes (ZeRO-2) reach the loss curve of the unpacked 2-process run.
+
+    Both runs train the same 120 samples with the same recipe and 14 optimizer steps
+    (``zero2_run``: batches of 8 samples per process; here 2 packed rows per process,
+    8-16 samples a step). The batches hold different samples, so the curves agree
+    within a stated tolerance, not exactly: every step's loss within 5% of the
+    unpacked run's, the mean of steps 8-14 within 2.5%, while the loss itself falls
+    from 11.9 to 9.4. Measured: at most 4.6% per step and 1.7% for the mean (with
+    3 rows per process, 18 samples a step: 3.3% and 1.2%).
+    """
+    options = [*TWO_PROC, "run.packing=true", "run.batch_size_train=2", "run.max_steps=14", "run.tensorboard=false", f"run.output_dir={tmp_path}", "run.job_id=packed"]
+    proc = launch("train.py", ["--cfg-path", DEMO, "--options", *options], nproc=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DeepSpeed ZeRO-2, fp32, world size 2" in proc.stderr
+    packed, plain = metrics(tmp_path / "packed"), metrics(zero2_run)
+    assert [r["step"] for r in packed] == [r["step"] for r in plain] == list(range(1, 15))
+    assert all(r["samples"] < 2 * 8 * 2 for r in packed) and sum(r["samples"] for r in packed) > 14 * 8  # rows of several samples
+    gaps = [abs(a["loss"] - b["loss"]) / b["loss"] for a, b in zip(packed, plain)]
+    print("packed vs unpacked, relative gap per step:", [round(g, 4) for g in gaps])
+    assert max(gaps) <= 0.05, gaps
+    late = lambda records: sum(r["loss"] for r in records[7:]) / 7  # noqa: E731
+    assert abs(late(packed) - late(plain)) / late(plain) <= 0.025
+    assert plain[-1]["loss"] < plain[0]["loss"] - 2.0 and packed[-1]["loss"] < packed[0]["loss"] - 1.5  # both learn

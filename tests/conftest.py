@@ -110,7 +110,8 @@ def all_records(run_dir: Path) -> list[dict[str, Any]]:
 def train_shipped(config: str, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     """Trains a shipped run config as it is (one process) into a fresh folder; the run folder."""
     out = tmp_path_factory.mktemp(f"{name}_run")
-    proc = launch("train.py", ["--cfg-path", config, "--options", f"run.output_dir={out}", f"run.job_id={name}"])
+    # 900 s: a demo trains in 5-6 minutes on 2 quiet cores; a busy machine must not turn that into a timeout.
+    proc = launch("train.py", ["--cfg-path", config, "--options", f"run.output_dir={out}", f"run.job_id={name}"], timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / name
 

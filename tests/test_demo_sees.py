@@ -68,7 +68,9 @@ def test_the_demo_validates_keeps_the_best_and_tests_with_it(demo_run: Path) -> 
     records = all_records(demo_run)
     valid = [r for r in records if "valid" in r]
     assert len(valid) >= 2
-    best = max(valid, key=lambda r: r["agg_metrics"])
+    # The latest of the highest: a tie replaces the best (the demo's validation saturates half-way).
+    best = max(reversed(valid), key=lambda r: r["agg_metrics"])
+    assert [r["best"] for r in valid] == [r["agg_metrics"] >= max(v["agg_metrics"] for v in valid[:i + 1]) for i, r in enumerate(valid)]
     info = json.loads((demo_run / "best" / "info.json").read_text())
     assert info["global_step"] == best["step"] and info["agg_metrics"] == best["agg_metrics"]
     (test,) = [r for r in records if "test" in r]
@@ -179,10 +181,14 @@ def measure_kinds(demo_run: Path) -> dict[str, dict[str, Any]]:
                 assert model.chat(*conversations[0], max_new_tokens=MAX_NEW_TOKENS) == replies[0]
                 checked_against_chat = True
             right = [all(names_right(r, a, truth[a], values[a]) for a in turn.about) for r, truth in zip(replies, truths)]
+            # Two-image answers open by naming both images (PAIR_ANSWER): each image read, whatever the verdict.
+            opening = "a {size1} {colour1} {shape1} and a {size2} {colour2} {shape2}"
+            named = [bool(kind.pair_attribute) and r.lower().startswith(opening.format(**truth)) for r, truth in zip(replies, truths)]
             out[f"{kind.name} turn {t + 1}"] = {
                 "right": sum(right),
                 "of": len(right),
                 "two_images": bool(kind.pair_attribute),
+                "both_named": sum(named) if kind.pair_attribute else None,
                 "wrong": [([m.file for m in g], r) for g, r, ok in zip(groups, replies, right) if not ok],
             }
             for (_, messages), reply in zip(conversations, replies):
@@ -234,16 +240,24 @@ def test_every_size_question_is_answered_right_on_held_out_images(kind_accuracy:
     assert not below_the_bar(kind_accuracy, keys), {key: f"{kind_accuracy[key]['right']}/{kind_accuracy[key]['of']}" for key in keys}
 
 
+def test_every_two_image_answer_names_both_images_right_on_held_out_pairs(kind_accuracy: dict[str, dict[str, Any]]) -> None:
+    """Issue 15: the two-image answers read both images: each names the size, colour and shape of the first
+    and of the second image right in >= 0.8 of the held-out pairs (the single-image bar)."""
+    keys = [key for key, v in kind_accuracy.items() if v["two_images"]]
+    assert len(keys) == 2
+    low = {key: f"{kind_accuracy[key]['both_named']}/{kind_accuracy[key]['of']}" for key in keys if kind_accuracy[key]["both_named"] < SINGLE_IMAGE_MIN * kind_accuracy[key]["of"]}
+    assert not low, low
+
+
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason=(
-        "issue 15 not reached yet for the two-image comparisons: yes/no at chance (12/24, one constant verdict). "
-        "Each image's size, colour and shape are named right, but the tiny LLM does not learn the comparison: "
-        "a bare 2-layer, 64-wide Qwen2 trained on 48,000 'the first is X ... the second is Y, so yes/no' texts "
-        "stayed at chance (4 layers too), while a tally read-out ('circle 1, square 1, triangle 0, so no', "
-        "each count a sum of two lookups) was learnt after about 3,000-5,000 examples; the demo's 4-minute budget "
-        "gives 1,152 per kind and its tallies stay at 0. "
-        "strict: this fails loudly once they are learnt, so the bar can move here"
+        "issue 15 not reached robustly for the two-image comparisons. With the release holding the last weights "
+        "(a tie on the saturated validation replaces the best), the README demo's yes/no was 17/24 (shape) and 19/24 "
+        "(colour) on this machine, at the bar; the llava demo trained on the same data gave 14/24 and 15/24, and the "
+        "tally before the verdict stays all zeros in both, so the verdict is not read from it and moves with the "
+        "run's numerics. Each image's size, colour and shape are named right. Not strict: a run at or over the bar "
+        "is not the bar reached"
     ),
 )
 def test_every_two_image_question_is_answered_right_on_held_out_pairs(kind_accuracy: dict[str, dict[str, Any]]) -> None:

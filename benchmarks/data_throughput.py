@@ -10,7 +10,10 @@ collater are the demo's, and the JSON path reads as the runner does (its epoch
 sampler, each sample under its own seed, as each shard sample is). For each
 worker count both paths run ``--batches`` batches after ``--warmup`` untimed
 ones (the workers' start-up is not timed), taking turns in ``--rounds`` rounds,
-and report samples/s and samples/s per worker.
+and report samples/s and samples/s per worker. Both read every sample once per
+pass (the stream without resampling, pass after pass; the JSON set epoch after
+epoch), so over whole passes (multiples of 42 batches of 16) they process the
+same samples.
 
     python benchmarks/data_throughput.py [--workers 1 2] [--batches 30] [--rounds 3] [--batch-size 16] [--out FILE]
 
@@ -100,7 +103,9 @@ def shard_loader(shards: str, workers: int, batch_size: int) -> DataLoader:
 
     stream = load_dataset(
         "webdataset_instruction",
-        {"build_info": {"shards": shards, "resampled": True, "samples_per_epoch": 10**6, "shuffle_buffer": 200}, **PROCESSORS},
+        # One pass after another, each sample once per pass, as the JSON epochs read them: both paths
+        # process the same samples (resampling would draw another mix of one- and two-image samples).
+        {"build_info": {"shards": shards, "resampled": False, "shuffle_buffer": 200}, **PROCESSORS},
         context=CONTEXT,
     )["train"]
     stream.configure(rank=0, world_size=1, num_workers=workers, batch_size=batch_size, seed=0)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 from torch.utils.data import Dataset, Sampler
 
 
@@ -42,8 +43,6 @@ def seeded(seed: int) -> Iterator[None]:
     state alone is a 2.5 KB copy each way, about a tenth of a demo sample's
     processing).
     """
-    from torch.utils.data import get_worker_info
-
     in_worker = get_worker_info() is not None
     states = None if in_worker else (random.getstate(), np.random.get_state(), torch.get_rng_state())
     random.seed(seed)

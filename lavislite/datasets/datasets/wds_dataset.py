@@ -228,13 +228,14 @@ def tar_members(fh: Any, want: Callable[[str], bool] = lambda name: True) -> Ite
     seekable = fh.seekable() if hasattr(fh, "seekable") else False
     long_name: str | None = None
     pax: dict[str, str] = {}
+    last = "the start"  # the member before a bad header, for the message
     while True:
         header = fh.read(_TAR_BLOCK)
         if len(header) < _TAR_BLOCK or header == b"\0" * _TAR_BLOCK:
             return  # end of archive (two zero blocks, or a missing end)
         stored = _octal(header[148:156])
         if stored != sum(header[:148]) + 256 + sum(header[156:]):
-            raise TarFormatError(f"bad tar header checksum at member after {long_name or 'the start'}")
+            raise TarFormatError(f"bad tar header checksum in the member after {last}")
         size = int(pax.get("size", _octal(header[124:136])))
         kind = header[156:157]
         padded = -(-size // _TAR_BLOCK) * _TAR_BLOCK
@@ -253,7 +254,7 @@ def tar_members(fh: Any, want: Callable[[str], bool] = lambda name: True) -> Ite
             prefix = header[345:500].rstrip(b"\0") if header[257:262] == b"ustar" else b""
             if prefix:
                 name = prefix.decode("utf-8", "replace") + "/" + name
-        long_name, pax = None, {}
+        long_name, pax, last = None, {}, name
         regular = kind in (b"0", b"\0", b"7")
         if regular and want(name):
             data = fh.read(padded)
@@ -278,40 +279,36 @@ def read_shard(shard: str, start: int = 0, stop: int | None = None) -> Iterator[
     Raises:
         ShardError: naming the shard when the tar cannot be read.
     """
-    # Sample numbers follow the key changes in stored order (webdataset's grouping);
-    # wanted() numbers each member as the header is read, so only the members of
-    # samples start..stop-1 are read.
-    seen = {"key": None, "index": -1}
+    # Sample numbers follow the key changes in stored order (webdataset's grouping).
+    # wanted() numbers each member's sample as its header is read, so only the
+    # members of samples start..stop-1 are read; the loop reads that number back.
+    seen: dict[str, Any] = {"key": None, "index": -1}
 
     def wanted(name: str) -> bool:
         parts = _split_name(name)
         if parts is None:
             return False
         if parts[0] != seen["key"]:
-            seen["key"], seen["index"] = parts[0], seen["index"] + 1  # type: ignore[operator]
-        return start <= seen["index"] and (stop is None or seen["index"] < stop)  # type: ignore[operator]
+            seen["key"], seen["index"] = parts[0], seen["index"] + 1
+        return bool(start <= seen["index"] and (stop is None or seen["index"] < stop))
 
-    index, key, current = -1, None, None
+    current, current_key = None, None
     try:
         with g_pathmgr.open(shard, "rb") as fh:
             for name, data in tar_members(fh, wanted):
-                parts = _split_name(name)
-                if parts is None:
+                if stop is not None and seen["index"] >= stop:
+                    break
+                if data is None:  # before start, or not a sample's member
                     continue
-                if parts[0] != key:
+                if seen["key"] != current_key:
                     if current is not None:
                         yield current
-                    key, index, current = parts[0], index + 1, None
-                    if stop is not None and index >= stop:
-                        return
-                    if index >= start:
-                        current = RawSample(os.path.basename(key), shard)
-                if current is not None and data is not None:
-                    current.members[parts[1]] = data
+                    current, current_key = RawSample(os.path.basename(seen["key"]), shard), seen["key"]
+                current.members[_split_name(name)[1]] = data  # type: ignore[index]
             if current is not None:
                 yield current
     except (TarFormatError, OSError, EOFError) as exc:
-        raise ShardError(f"{shard}: cannot read the tar shard near sample {index}: {exc}") from exc
+        raise ShardError(f"{shard}: cannot read the tar shard near sample {seen['index']}: {exc}") from exc
 
 
 def stream_ranges(counts: list[int], order: list[int], streams: int, per_stream: int) -> list[list[tuple[int, int, int]]]:

@@ -173,13 +173,16 @@ def _is_plain_linear(lm_head: Any, rows: torch.Tensor) -> bool:
 class _LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of ``linear(x, weight, bias).float()``, tile by tile.
 
-    Tiles are (row block x vocabulary slice). The forward keeps only each row's
-    log-sum-exp (one float per row, accumulated online over the slices); the
-    backward computes each tile's logits again, turns them into the softmax
-    gradient in place, writes (first row block) or adds (later ones) the
-    slice's rows of the weight gradient in place and accumulates the rows'
-    gradient in fp32. Matmuls run in the weight's dtype and the softmax in
-    fp32, as autograd does for ``F.linear(...).float()``.
+    Tiles are (vocabulary slice x row block), held transposed: ``weight_slice @
+    x_block.T`` runs 2-3.5x faster than ``x_block @ weight_slice.T`` on a CPU
+    for the LM head's shapes (a narrow inner dimension, a wide output), and a
+    GPU is indifferent. The forward keeps only each row's log-sum-exp (one
+    float per row, accumulated online over the slices); the backward computes
+    each tile's logits again, turns them into the softmax gradient in place,
+    writes (first row block) or adds (later ones) the slice's rows of the
+    weight gradient in place and accumulates the rows' gradient in fp32.
+    Matmuls run in the weight's dtype and the softmax in fp32, as autograd
+    does for ``F.linear(...).float()``.
     """
 
     @staticmethod
@@ -192,17 +195,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         target_logit = torch.empty(n, dtype=torch.float32, device=x.device)
         for r0 in range(0, n, tile_rows):
             r1 = min(r0 + tile_rows, n)
-            xr, tr = x[r0:r1], targets[r0:r1]
+            xt, tr = x[r0:r1].t(), targets[r0:r1]
             run_max = torch.full((r1 - r0,), -math.inf, dtype=torch.float32, device=x.device)
             run_sum = torch.zeros(r1 - r0, dtype=torch.float32, device=x.device)
             for v0 in range(0, vocab, tile_vocab):
                 v1 = min(v0 + tile_vocab, vocab)
-                logits = F.linear(xr, weight[v0:v1], None if bias is None else bias[v0:v1]).float()
+                logits = _tile_logits(weight, bias, xt, v0, v1)  # (slice, rows)
                 inside = (tr >= v0) & (tr < v1)
-                picked = logits.gather(1, (tr - v0).clamp(0, v1 - v0 - 1)[:, None]).squeeze(1)
+                picked = logits.gather(0, (tr - v0).clamp(0, v1 - v0 - 1)[None, :]).squeeze(0)
                 target_logit[r0:r1] = torch.where(inside, picked, target_logit[r0:r1])
-                new_max = torch.maximum(run_max, logits.amax(1))
-                run_sum.mul_(torch.exp(run_max - new_max)).add_(logits.sub_(new_max[:, None]).exp_().sum(1))
+                new_max = torch.maximum(run_max, logits.amax(0))
+                run_sum.mul_(torch.exp(run_max - new_max)).add_(logits.sub_(new_max[None, :]).exp_().sum(0))
                 run_max = new_max
                 del logits
             lse[r0:r1] = run_max + run_sum.log()
@@ -231,30 +234,37 @@ class _LinearCrossEntropy(torch.autograd.Function):
             acc_x = torch.zeros(r1 - r0, x.shape[1], dtype=torch.float32, device=x.device) if need_x else None
             for v0 in range(0, vocab, tile_vocab):
                 v1 = min(v0 + tile_vocab, vocab)
-                w = weight[v0:v1]
                 # d(mean CE)/d(logits) = (softmax - onehot(target)) / n, built in the logits' own buffer
-                g = F.linear(xr, w, None if bias is None else bias[v0:v1]).float()
-                g.sub_(shift[r0:r1, None]).exp_()
+                g = _tile_logits(weight, bias, xr.t(), v0, v1)  # (slice, rows)
+                g.sub_(shift[None, r0:r1]).exp_()
                 hit = ((tr >= v0) & (tr < v1)).nonzero().squeeze(1)
                 if scale > 0:
-                    g[hit, tr[hit] - v0] -= scale
+                    g[tr[hit] - v0, hit] -= scale
                 else:
-                    g[hit, tr[hit] - v0] -= 1.0
+                    g[tr[hit] - v0, hit] -= 1.0
                     g.mul_(scale)
                 if grad_b is not None:
-                    grad_b[v0:v1] += g.sum(0)
+                    grad_b[v0:v1] += g.sum(1)
                 g = g.to(weight.dtype)
                 if grad_w is not None:
                     if r0 == 0:
-                        torch.mm(g.t(), xr, out=grad_w[v0:v1])
+                        torch.mm(g, xr, out=grad_w[v0:v1])
                     else:
-                        grad_w[v0:v1].addmm_(g.t(), xr)
+                        grad_w[v0:v1].addmm_(g, xr)
                 if acc_x is not None:
-                    acc_x += torch.mm(g, w)
+                    acc_x += torch.mm(g.t(), weight[v0:v1])
                 del g
             if grad_x is not None and acc_x is not None:
                 grad_x[r0:r1] = acc_x
         return grad_x, grad_w, (grad_b.to(bias.dtype) if grad_b is not None else None), None, None
+
+
+def _tile_logits(weight: torch.Tensor, bias: torch.Tensor | None, xt: torch.Tensor, v0: int, v1: int) -> torch.Tensor:
+    """fp32 logits of vocabulary entries ``v0:v1`` for the rows of ``xt`` (H, rows), as (v1 - v0, rows)."""
+    logits = torch.mm(weight[v0:v1], xt)
+    if bias is not None:
+        logits += bias[v0:v1, None]
+    return logits.float()
 
 
 def _chunk_loss_sum(lm_head: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -465,7 +465,12 @@ class RunnerBase:
         groups = param_groups(self.model, self.run.weight_decay, self.run.init_lr, self.run.part_lr)
         if not groups:
             raise ConfigError(["model: no trainable parameters: every part is frozen (see the model.freeze_* switches)"])
-        optimizer = torch.optim.AdamW(groups, lr=self.run.init_lr, betas=(0.9, self.run.beta2))
+        # The fused kernel (CPU and CUDA) updates every tensor in one pass: on the
+        # demo's 9.7M-entry embedding it is 7.5 ms a step against 73 ms for the
+        # per-tensor loop torch picks on a CPU by default; the same update to the
+        # last bit or two of fp32.
+        fused = all(p.device.type in ("cpu", "cuda") for group in groups for p in group["params"])
+        optimizer = torch.optim.AdamW(groups, lr=self.run.init_lr, betas=(0.9, self.run.beta2), fused=fused)
         sched_cls = registry.get_lr_scheduler_class(self.run.lr_sched)
         sched_args = SchedulerArgs(
             max_steps=max(1, self.max_steps),
@@ -483,6 +488,11 @@ class RunnerBase:
             config=ds_config,
             dist_init_required=False,
         )
+        if self.zero_stage == 0 and dist_utils.get_world_size() == 1:
+            # One process has nothing to average: DeepSpeed would still flatten
+            # every gradient into buckets and all-reduce them with itself after
+            # each backward (6% of a demo step, copying the 9.7M-entry embedding).
+            self.engine.enable_backward_allreduce = False
         logger.info(
             "DeepSpeed ZeRO-%s, %s, world size %d, %d optimizer steps (%d per epoch)",
             self.zero_stage,

@@ -192,7 +192,19 @@ class StepTokenisingTask:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.task, name)
 
+    def supervised_tokens(self, samples: dict[str, Any]) -> int:
+        """Tokenises the batch (the runner asks for its count first, inside the timed step) and counts its targets."""
+        self.tokenise(samples)
+        return self.task.supervised_tokens(samples)
+
     def train_step(self, model: Any, samples: dict[str, Any]) -> dict[str, Any]:
+        self.tokenise(samples)
+        return self.task.train_step(model, samples)
+
+    def tokenise(self, samples: dict[str, Any]) -> None:
+        """Tokenises and pads the batch's items into ``samples`` (once: the runner reads the count before the step)."""
+        if "input_ids" in samples:
+            return
         tp = self.text_processor
         pad_id = int(tp.tokenizer.pad_token_id)
         items = samples["items"]
@@ -214,7 +226,6 @@ class StepTokenisingTask:
         samples.update(
             input_ids=input_ids, labels=labels, attention_mask=attention, image=torch.cat(images) if images else None, num_images=counts
         )
-        return self.task.train_step(model, samples)
 
 
 def step_tokenising(task: Any, datasets: dict[str, dict[str, Dataset]], train_splits: Any) -> tuple[Any, dict[str, dict[str, Dataset]]]:

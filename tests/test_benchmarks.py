@@ -30,6 +30,20 @@ def test_train_throughput_writes_its_figures(tmp_path: Path) -> None:
     assert memory["peak_memory_kind"] == "cpu_max_rss" and memory["peak_memory_bytes"] > 10_000_000
 
 
+def test_the_minigpt4qwen_baseline_tokenises_in_the_step_and_pads_every_sample_to_512(tmp_path: Path) -> None:
+    """The --compare baseline ran into the runner's token-mean count (it read ``labels`` before the step tokenised)."""
+    out = tmp_path / "mg.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--variant", "minigpt4qwen", "--steps", "1", "--warmup", "1",
+         "--batch-size", "2", "--num-workers", "0", "--out", str(out)],
+        cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tokens = json.loads(out.read_text())["tokens"]
+    assert tokens["samples"] == 2 and tokens["padded_positions"] == 2 * 512
+    assert 0 < tokens["real_tokens"] < 2 * 512
+
+
 def test_loss_memory_chunked_lean_and_full_agree_and_chunked_uses_least(tmp_path: Path) -> None:
     out = tmp_path / "lm.json"
     proc = subprocess.run(

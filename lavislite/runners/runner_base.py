@@ -42,7 +42,6 @@ from lavislite.datasets.datasets.samplers import (
     SeededSamples,
     worker_init,
 )
-from lavislite.models.losses import count_supervised_tokens
 from lavislite.runners import checkpoints as ckpt
 from lavislite.runners.deepspeed_config import build_deepspeed_config, fill_deepspeed_config
 from lavislite.tasks.scorers import lookup_metric, numeric_paths
@@ -590,7 +589,7 @@ class RunnerBase:
         bar = self._progress(self.batches_per_epoch)
         iterator = iter(batches)
         micro, wait, position = self._read_window(iterator, accum)
-        tokens = [count_supervised_tokens(samples["labels"]) for _, _, samples in micro]
+        tokens = [self.task.supervised_tokens(samples) for _, _, samples in micro]
         # The first window's count needs a collective of its own; the next ones ride on each step's check.
         global_tokens = int(dist_utils.all_reduce_sum(torch.tensor([float(sum(tokens))], dtype=torch.float64))[0]) if micro else 0
         while micro:
@@ -630,7 +629,7 @@ class RunnerBase:
             next_wait, next_position = 0.0, position
             if self.global_step + 1 < until_step:
                 next_micro, next_wait, next_position = self._read_window(iterator, accum)
-            next_tokens = [count_supervised_tokens(s["labels"]) for _, _, s in next_micro]
+            next_tokens = [self.task.supervised_tokens(s) for _, _, s in next_micro]
             # Built on the device, synced once: no host sync per micro-batch.
             device = flags[0].device
             bad_local = torch.stack([f.reshape(()) for f in flags]).any().double()

@@ -27,6 +27,7 @@ from lavislite.common.io import atomic_write_json
 from lavislite.common.logger import logger
 from lavislite.common.registry import registry
 from lavislite.models.generation import GenerateConfig
+from lavislite.models.losses import count_supervised_tokens
 
 
 @dataclass
@@ -144,6 +145,16 @@ class BaseTask:
     def train_step(self, model: nn.Module, samples: dict[str, Any]) -> dict[str, Any]:
         """One forward pass; returns the model's output dict with ``loss``."""
         return model(samples)
+
+    def supervised_tokens(self, samples: dict[str, Any]) -> int:
+        """A training batch's supervised targets, counted before its forward pass.
+
+        The runner reads a step's micro-batches ahead and weighs each by this
+        count (the loss is the token mean over the whole step). A task whose
+        batches carry no ``labels`` until its ``train_step`` (one that
+        tokenises inside the step) overrides this.
+        """
+        return count_supervised_tokens(samples["labels"])
 
     # -- evaluation ----------------------------------------------------------------
     def valid_step(self, model: nn.Module, samples: dict[str, Any]) -> list[dict[str, Any]]:

@@ -282,12 +282,13 @@ def read_shard(shard: str, start: int = 0, stop: int | None = None) -> Iterator[
     # Sample numbers follow the key changes in stored order (webdataset's grouping).
     # wanted() numbers each member's sample as its header is read, so only the
     # members of samples start..stop-1 are read; the loop reads that number back.
-    seen: dict[str, Any] = {"key": None, "index": -1}
+    seen: dict[str, Any] = {"key": None, "index": -1, "member": None}
 
     def wanted(name: str) -> bool:
         parts = _split_name(name)
         if parts is None:
             return False
+        seen["member"] = parts[1]  # the loop reads it back: the name is split once
         if parts[0] != seen["key"]:
             seen["key"], seen["index"] = parts[0], seen["index"] + 1
         return bool(start <= seen["index"] and (stop is None or seen["index"] < stop))
@@ -295,7 +296,7 @@ def read_shard(shard: str, start: int = 0, stop: int | None = None) -> Iterator[
     current, current_key = None, None
     try:
         with g_pathmgr.open(shard, "rb") as fh:
-            for name, data in tar_members(fh, wanted):
+            for _, data in tar_members(fh, wanted):
                 if stop is not None and seen["index"] >= stop:
                     break
                 if data is None:  # before start, or not a sample's member
@@ -304,7 +305,7 @@ def read_shard(shard: str, start: int = 0, stop: int | None = None) -> Iterator[
                     if current is not None:
                         yield current
                     current, current_key = RawSample(os.path.basename(seen["key"]), shard), seen["key"]
-                current.members[_split_name(name)[1]] = data  # type: ignore[index]
+                current.members[seen["member"]] = data
             if current is not None:
                 yield current
     except (TarFormatError, OSError, EOFError) as exc:

@@ -73,7 +73,10 @@ setup(
         # pycocoevalcap: the tests compare the pure-Python caption metrics with it.
         # gradio + selenium: tests/test_webui.py drives the web chat in headless
         # chromium (the test apt-installs chromium and chromium-driver when missing).
-        "dev": ["pytest>=8", "pycocoevalcap>=1.2", "gradio>=4.44", "selenium>=4.11"],
+        # pytest-xdist: run_scripts/test.sh runs the suite on two workers. pytest < 9:
+        # xdist 3.8 groups tests (--dist loadgroup) by rewriting item._nodeid,
+        # which pytest 9 no longer reads (every group's run was trained twice).
+        "dev": ["pytest>=8,<9", "pytest-xdist>=3.5", "pycocoevalcap>=1.2", "gradio>=4.44", "selenium>=4.11"],
         # The web chat (python -m lavislite.webui); nothing else needs gradio.
         "demo": ["gradio>=4.44"],
         # The reference COCO caption scorer (needs Java); without it captions are scored

@@ -51,7 +51,9 @@ def run_entry(main: Callable[[list[str] | None], int], argv: list[str] | None = 
     """Runs an entry point's ``main``; turns a ``UserError`` into a message and exit code 2."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("LAVISLITE_DEBUG", "") not in ("", "0")
     try:
-        return main(argv)
+        code = main(argv)
+        _close_process_group(together=True)
+        return code
     except UserError as exc:
         if debug:
             raise
@@ -97,10 +99,24 @@ def _first_on_this_node(message: str) -> bool:
     return True
 
 
-def _close_process_group() -> None:
-    # Leaving without destroy_process_group makes torch warn about leaked resources.
+def _close_process_group(together: bool = False) -> None:
+    """Destroys the default process group, if any (leaving without it makes torch warn about leaked resources).
+
+    Args:
+        together: first wait at a barrier for every rank (the path where every
+            rank finished its work). A rank that tore its gloo group down while
+            a peer was still writing its results was seen to abort the peer at
+            exit ("terminate called without an active exception", SIGABRT after
+            the metrics were written). On an error path a peer may never come,
+            so there is no barrier there.
+    """
     if "torch.distributed" in sys.modules:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
+            if together:
+                try:
+                    dist.barrier()
+                except Exception:  # noqa: BLE001 - a peer gone at the very end: tear down anyway
+                    pass
             dist.destroy_process_group()

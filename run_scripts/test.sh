@@ -10,4 +10,11 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
     || echo "[setup] chromium did not install; tests/test_webui.py will say so"
 fi
-python -m pytest -q --durations=30 tests "$@"
+# Two workers (pytest-xdist), one torch thread each: most tests launch short
+# processes whose model gains little from a second thread, so two at a time
+# nearly halve the suite. The tests that read one trained session run (the
+# demo, llava, InstructBLIP, the two-process run) go to one worker together
+# (--dist loadgroup; tests/conftest.py groups them and puts them first), so
+# each is trained once and none starts last.
+# LAVISLITE_TEST_WORKERS=0 runs everything in this process.
+python -m pytest -q -n "${LAVISLITE_TEST_WORKERS:-2}" --dist loadgroup --no-loadscope-reorder --durations=30 tests "$@"

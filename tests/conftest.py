@@ -15,6 +15,12 @@ import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Under pytest-xdist (run_scripts/test.sh runs two workers on the 2 cores) each
+# worker and each process it launches computes on one thread: the tiny model
+# gains at most 1.3x from a second thread, two workers gain nearly 2x.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if XDIST_WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "projects" / "demo" / "data"
@@ -326,16 +332,46 @@ def bench_suite_config(path: Path, infos: dict[str, dict[str, Any]], run: dict[s
 
 # Test files whose tests train or launch processes (minutes each on 2 cores).
 SLOW_FILES = {"test_instructblip_demo.py", "test_llava_demo.py", "test_resilience.py", "test_streaming_dist.py", "test_train_e2e.py", "test_benchmarks.py", "test_runner_launch.py", "test_runner_positions.py", "test_zero3_text_only.py", "test_evaluation_e2e.py", "test_webui.py", "test_benchmark_suite_e2e.py"}
-# Fixtures that train a run once per session.
-SLOW_FIXTURES = {"demo_run", "zero2_run", "llava_demo_run", "instructblip_demo_run"}
+# Fixtures that train a run once per session, the longest training (with its tests) first.
+RUN_ORDER = ("demo_run", "llava_demo_run", "instructblip_demo_run", "zero2_run")
+SLOW_FIXTURES = set(RUN_ORDER)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: trains a model or launches processes (minutes); quick feedback with -m 'not slow'")
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Marks the tests of ``SLOW_FILES`` and every test that needs a trained run as ``slow``.
+
+    Under pytest-xdist (``--dist loadgroup``) the tests that read one session
+    run go to one worker together (``xdist_group``), so each run is trained
+    once; the other tests go by file, so a module-scoped fixture (a model, a
+    browser) is built once too. (Marked here, as each test is collected:
+    xdist reads the groups in its own ``pytest_collection_modifyitems``.)
+    """
+    fixtures = set(getattr(item, "fixturenames", ()))
+    if item.path.name in SLOW_FILES or SLOW_FIXTURES & fixtures:
+        item.add_marker(pytest.mark.slow)
+    runs = sorted(SLOW_FIXTURES & fixtures)
+    item.add_marker(pytest.mark.xdist_group("+".join(runs) if runs else item.path.name))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Marks the tests of ``SLOW_FILES`` and every test that needs a trained run as ``slow``."""
-    for item in items:
-        if item.path.name in SLOW_FILES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+    """Under pytest-xdist, puts the trained runs' tests first, then the other slow tests.
+
+    The workers hand out groups in collection order (run_scripts/test.sh passes
+    --no-loadscope-reorder), so no minutes-long group starts last while the
+    other worker idles. A plain run keeps the files' order.
+    """
+    if not XDIST_WORKER:
+        return
+
+    def cost(item: pytest.Item) -> int:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for rank, run in enumerate(RUN_ORDER):
+            if run in fixtures:
+                return rank
+        return len(RUN_ORDER) + (0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=cost)

@@ -93,15 +93,15 @@ def test_demo_eval_configs_run_on_llava_by_changing_only_the_model_section(llava
     else:
         (result,) = metrics.values()
         assert result["n_samples"] == len(json.loads((DEMO_DATA / "eval_caption.json").read_text()))
-        # The config's prompt is the MiniGPT4Qwen-format caption question behind a LLaVA-style "<image>\n",
-        # a pairing the demo never trained on, so the wording of the captions varies from run to run
-        # (CIDEr 1.47, 0.62 and, after 4 epochs, 0.91 in three trainings); what must hold is that each
-        # caption names its own image's shape (24 / 25 measured after the shipped 6 epochs).
+        # The config's prompt ("<image> Describe the image briefly.") renders as the MiniGPT4Qwen caption
+        # question the demo trained on, whatever the model: each caption names its own image's shape
+        # (24 / 25 measured), worded as taught ("A small red circle on a light background.": CIDEr 5.11).
+        # (With "<image>\n" in front, a pairing never trained on, three trainings gave 17-24 / 25 and CIDEr 0.62-1.47.)
         predictions = json.loads((tmp_path / "eval" / "results" / "coco_caption_test.json").read_text())
         shapes = ("circle", "square", "triangle")
         right = [[s for s in shapes if s in p["prediction"].lower()] == [s for s in shapes if s in p["references"][0]] for p in predictions]
         assert sum(right) >= 0.8 * len(right), [p["prediction"] for p in predictions]
-        assert result["CIDEr"] > 0.3
+        assert result["CIDEr"] > 2.0
 
 
 def test_llava_demo_trains_on_two_processes_with_zero3_and_text_only_samples(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -66,6 +66,32 @@ def run_env() -> dict[str, str]:
     # gloo all-reduces; no 1-2 minute compile of DeepSpeed's CPU shared-memory op per fresh environment
     env.setdefault("LAVISLITE_DS_SHM_OP", "0")
     return env
+
+
+@pytest.fixture(autouse=True)
+def fresh_lavislite_logger() -> Iterator[None]:
+    """Gives each test the ``lavislite`` logger as a fresh interpreter has it: no handler, propagating.
+
+    Building a model in-process (``load_model``, the chat, an entry point's
+    ``main``) sets the logger up as a program wants it: its own stderr handler,
+    ``propagate = False``. Left so by an earlier test or a module-scoped
+    fixture, a test gets no records through ``caplog``, which listens on the
+    root logger (the order of tests depends on the files run and, under
+    xdist, on the worker).
+    """
+    import logging
+
+    def reset() -> None:
+        logger = logging.getLogger("lavislite")
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+
+    reset()
+    yield
+    reset()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # worker and each process it launches computes on one thread: the tiny model
 # gains at most 1.3x from a second thread, two workers gain nearly 2x.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+USER_THREADS = os.environ.get("OMP_NUM_THREADS")
 if XDIST_WORKER:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -125,9 +126,11 @@ def launch_cmd(script: str, args: list[str], nproc: int = 1, torchrun_args: list
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *rdzv, path, *args]
 
 
-def launch(script: str, args: list[str], nproc: int = 1, cwd: Path | str = REPO, timeout: int = 420) -> subprocess.CompletedProcess[str]:
-    """Runs a root entry point in one process or under torchrun and waits for it."""
-    return subprocess.run(launch_cmd(script, args, nproc), cwd=cwd, env=run_env(), capture_output=True, text=True, timeout=timeout)
+def launch(
+    script: str, args: list[str], nproc: int = 1, cwd: Path | str = REPO, timeout: int = 420, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs a root entry point in one process or under torchrun and waits for it (``env``: default ``run_env()``)."""
+    return subprocess.run(launch_cmd(script, args, nproc), cwd=cwd, env=env or run_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -143,8 +146,13 @@ def all_records(run_dir: Path) -> list[dict[str, Any]]:
 def train_shipped(config: str, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     """Trains a shipped run config as it is (one process) into a fresh folder; the run folder."""
     out = tmp_path_factory.mktemp(f"{name}_run")
-    # 900 s: a demo trains in 5-6 minutes on 2 quiet cores; a busy machine must not turn that into a timeout.
-    proc = launch("train.py", ["--cfg-path", config, "--options", f"run.output_dir={out}", f"run.job_id={name}"], timeout=900)
+    env = run_env()
+    if USER_THREADS is None:
+        # As the README runs it: every core's thread (the xdist workers' one thread
+        # per process would change the numerics, and what the demo learns with them).
+        env.pop("OMP_NUM_THREADS", None)
+    # 900 s: a demo trains in 1.5-5 minutes on 2 quiet cores; a busy machine must not turn that into a timeout.
+    proc = launch("train.py", ["--cfg-path", config, "--options", f"run.output_dir={out}", f"run.job_id={name}"], timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / name
 

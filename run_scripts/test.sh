@@ -12,7 +12,8 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
 fi
 # Two workers (pytest-xdist), one torch thread each: most tests launch short
 # processes whose model gains little from a second thread, so two at a time
-# nearly halve the suite. The tests that read one trained session run (the
+# shorten the suite (here: 27 minutes in one process, with other jobs beside it;
+# 16 on two workers, a fresh clone). The tests that read one trained session run (the
 # demo, llava, InstructBLIP, the two-process run) go to one worker together
 # (--dist loadgroup; tests/conftest.py groups them and puts them first), so
 # each is trained once and none starts last.

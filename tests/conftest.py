@@ -16,8 +16,8 @@ import pytest
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Under pytest-xdist (run_scripts/test.sh runs two workers on the 2 cores) each
-# worker and each process it launches computes on one thread: the tiny model
-# gains at most 1.3x from a second thread, two workers gain nearly 2x.
+# worker and each process it launches computes on one thread (the shipped demos
+# excepted: train_shipped): the tiny model gains at most 1.3x from a second thread.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 USER_THREADS = os.environ.get("OMP_NUM_THREADS")
 if XDIST_WORKER:

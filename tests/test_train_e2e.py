@@ -43,7 +43,7 @@ def test_demo_trains_and_loss_halves(demo_run: Path) -> None:
     # Pinned values of this run (fixed seed, CPU fp32). The first window is
     # nearly independent of hardware; later ones drift a little across CPUs.
     assert first == pytest.approx(11.39, abs=0.05)
-    assert last == pytest.approx(0.13, abs=0.1)
+    assert last == pytest.approx(0.09, abs=0.1)
     assert records[-1]["lr"] == pytest.approx(1.0e-4)
 
 

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from conftest import DEMO_DATA, REPO, all_records
+from lavislite.processors.collate import collate_qformer_text
 from lavislite.tasks.metrics import normalize_vqa_answer
 
 # How often each kind must be right on the held-out images (issue 15).
@@ -134,6 +135,9 @@ def ask(model: Any, conversations: list[tuple[list[str], list[dict[str, Any]]]])
         input_ids[row, width - n :] = s["input_ids"][0]
         attention[row, width - n :] = s["attention_mask"][0]
     batch = {"input_ids": input_ids, "attention_mask": attention, "image": torch.cat([s["image"] for s in singles])}
+    if "qformer_input_ids" in singles[0]:  # InstructBLIP: each image's instruction for its Q-Former, in image order
+        rows = [ids[keep.bool()].tolist() for s in singles for ids, keep in zip(s["qformer_input_ids"], s["qformer_attention_mask"])]
+        batch.update(collate_qformer_text(rows))
     return model.generate(batch, max_new_tokens=MAX_NEW_TOKENS)  # type: ignore[no-any-return]
 
 

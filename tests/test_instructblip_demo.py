@@ -22,6 +22,19 @@ def test_instructblip_demo_answers_held_out_colour_and_shape(instructblip_demo_r
     sees.test_held_out_colour_and_shape_accuracy(instructblip_demo_run)
 
 
+def test_instructblip_demo_answers_every_single_image_kind_on_held_out_images(instructblip_demo_run: Path) -> None:
+    """Issue 15's bar on the InstructBLIP demo: every single-image kind and turn of the training data (colour, shape,
+    size, captions; follow-up turns asked with the model's own replies) is right in >= 0.8 of the held-out images.
+
+    After 4 epochs colour and shape were right everywhere but the size was one constant reply ("small": 13/25 in
+    every size turn); the demo trains 6.
+    """
+    acc = sees.measure_kinds(instructblip_demo_run)
+    keys = [key for key, v in acc.items() if not v["two_images"]]
+    assert len(keys) >= 16 and all(acc[key]["of"] >= 24 for key in keys)
+    assert not sees.below_the_bar(acc, keys), {key: f"{acc[key]['right']}/{acc[key]['of']}" for key in keys}
+
+
 def test_the_trained_q_former_reads_the_question(instructblip_demo_run: Path) -> None:
     """Issue 14.3: for one held-out image the Q-Former's output changes with the question (by far more than float noise,
     1e-6; the same question twice gives the same tokens), and each question is answered right with its own visual tokens.

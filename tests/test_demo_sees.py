@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from conftest import DEMO_DATA, REPO, all_records
-from lavislite.processors.collate import collate_qformer_text
+from lavislite.processors.collate import collate_chat
 from lavislite.tasks.metrics import normalize_vqa_answer
 
 # How often each kind must be right on the held-out images (issue 15).
@@ -125,19 +125,8 @@ def test_every_kind_covers_every_shape_colour_and_size_in_balance() -> None:
 
 def ask(model: Any, conversations: list[tuple[list[str], list[dict[str, Any]]]]) -> list[str]:
     """Greedy replies to many conversations at once: each rendered as ``model.chat`` renders it, left-padded into one batch."""
-    singles = [model.chat_inputs(images, messages) for images, messages in conversations]
-    width = max(s["input_ids"].shape[1] for s in singles)
-    pad = int(model.tokenizer.pad_token_id)
-    input_ids = torch.full((len(singles), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(singles), width), dtype=torch.long)
-    for row, s in enumerate(singles):
-        n = s["input_ids"].shape[1]
-        input_ids[row, width - n :] = s["input_ids"][0]
-        attention[row, width - n :] = s["attention_mask"][0]
-    batch = {"input_ids": input_ids, "attention_mask": attention, "image": torch.cat([s["image"] for s in singles])}
-    if "qformer_input_ids" in singles[0]:  # InstructBLIP: each image's instruction for its Q-Former, in image order
-        rows = [ids[keep.bool()].tolist() for s in singles for ids, keep in zip(s["qformer_input_ids"], s["qformer_attention_mask"])]
-        batch.update(collate_qformer_text(rows))
+    samples = [model.chat_sample(images, messages) for images, messages in conversations]
+    batch = collate_chat(samples, pad_token_id=int(model.tokenizer.pad_token_id), padding_side="left")
     return model.generate(batch, max_new_tokens=MAX_NEW_TOKENS)  # type: ignore[no-any-return]
 
 

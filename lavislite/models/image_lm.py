@@ -571,7 +571,16 @@ class ImageTokenLM(BaseModel):
         return self._chat_processors
 
     def chat_inputs(self, images: list[Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
-        """A batch of one: the conversation so far, rendered with an open assistant turn.
+        """A batch of one: the conversation so far, rendered with an open assistant turn (``chat_sample``, collated)."""
+        from lavislite.processors.collate import collate_chat
+
+        return collate_chat([self.chat_sample(images, messages)], pad_token_id=int(self.tokenizer.pad_token_id), padding_side="left")
+
+    def chat_sample(self, images: list[Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """One conversation so far, rendered with an open assistant turn, as an uncollated sample.
+
+        ``collate_chat(samples, pad_token_id, padding_side="left")`` batches
+        several for ``generate`` (what ``chat_inputs`` does with one).
 
         Args:
             images: every image of the conversation, in order (PIL images, file
@@ -584,7 +593,7 @@ class ImageTokenLM(BaseModel):
             MissingFileError, DataError: an image path that is missing or not an image.
         """
         from lavislite.processors.chat_processor import kept_images
-        from lavislite.processors.collate import collate_chat, text_fields
+        from lavislite.processors.collate import text_fields
         from lavislite.processors.transforms import open_rgb_image
 
         vis, txt = self.chat_processors()
@@ -597,8 +606,7 @@ class ImageTokenLM(BaseModel):
             else:
                 pil = open_rgb_image(image) if isinstance(image, (str, os.PathLike)) else image
                 tensors.append(vis(pil.convert("RGB")))
-        sample = {"id": "chat", "image": torch.stack(tensors) if tensors else None, **text_fields(enc, labels=False)}
-        return collate_chat([sample], pad_token_id=int(self.tokenizer.pad_token_id), padding_side="left")
+        return {"id": "chat", "image": torch.stack(tensors) if tensors else None, **text_fields(enc, labels=False)}
 
     @torch.no_grad()
     def chat(self, images: list[Any], messages: list[dict[str, Any]], streamer: Any = None, **settings: Any) -> str:
